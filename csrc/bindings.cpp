@@ -1,0 +1,35 @@
+// Python bindings of effconv._C: plain functions, one per kernel. Operator
+// schemas, fake tensors, autograd and backend routing live in effconv/ops/
+// (one file per op), so each schema is written exactly once.
+#include <torch/extension.h>
+
+#include "cpu/kernels.h"
+#include "ukernel/api.h"
+#ifdef EFFCONV_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "effconv C++/CUDA kernels (internal; use effconv.functional)";
+  // Kernels run without the GIL: they touch no Python objects.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("conv2d_forward_cpu", &effconv::cpu::conv2d_forward, nogil);
+  m.def("conv2d_grad_input_cpu", &effconv::cpu::conv2d_grad_input, nogil);
+  m.def("conv2d_grad_weight_cpu", &effconv::cpu::conv2d_grad_weight, nogil);
+  m.def("epilogue_cpu", &effconv::cpu::epilogue, nogil);
+
+  m.def("cpu_isa", [] { return std::string(effconv::cpu::isa_kernels().name); },
+        "Name of the ISA build of the CPU microkernels in use.");
+  m.def("set_cpu_isa", [](const std::string& name) { return effconv::cpu::set_isa(name.c_str()); },
+        "Force 'avx512', 'avx2' or 'baseline' (tests); returns False if this CPU lacks it.");
+
+#ifdef EFFCONV_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.def("epilogue_cuda", &effconv::cuda::epilogue, nogil);
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

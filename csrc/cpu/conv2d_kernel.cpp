@@ -1,0 +1,459 @@
+// effconv::conv2d on the CPU: the implicit-GEMM family (1x1, grouped,
+// dilated, strided, dense) as indirect GEMMs over channels_last tensors.
+//
+//   forward      rows = output pixels,  reduction = taps x Cin/g,  columns = Cout/g
+//   grad_input   rows = input pixels of one stride-residue class, reduction =
+//                the taps that reach that class x Cout/g, columns = Cin/g
+//   grad_weight  rows = taps x Cin/g, reduction = output pixels, columns = Cout/g
+//
+// Each work item builds the indirection (row, tap) -> pointer for a tile of
+// rows, then the ISA microkernels do the arithmetic and the fused epilogue.
+// No im2col buffer exists at any size.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+#include "effconv/epilogue.h"
+#include "kernels.h"
+#include "ukernel/api.h"
+
+namespace effconv {
+namespace cpu {
+namespace {
+
+// Rows per tile: the tile's A operand (rows x reduction) should stay in L2
+// while every column panel streams past it.
+int64_t rows_per_tile(int64_t reduction, int64_t elem_bytes, int mr) {
+  const int64_t budget = 192 * 1024;
+  int64_t rows = budget / std::max<int64_t>(1, reduction * elem_bytes);
+  rows = std::min<int64_t>(std::max<int64_t>(rows, mr), 1024);
+  return std::max<int64_t>(mr, rows / mr * mr);
+}
+
+// Split groups or column panels when there are too few row tiles for an even
+// static schedule (at::parallel_for hands each thread one contiguous range):
+// batch-1 inference, 7x7 feature maps.
+void split_columns(int64_t tiles, int64_t groups, int64_t npanels, int64_t& gsplit, int64_t& psplit) {
+  const int64_t threads = at::get_num_threads();
+  gsplit = psplit = 1;
+  if (threads == 1 || tiles >= 8 * threads) return;
+  const int64_t need = ceil_div(8 * threads, tiles);
+  if (groups > 1)
+    gsplit = std::min(groups, need);
+  else
+    psplit = std::min(npanels, need);
+}
+
+// Small groups (ResNeXt's 4 or 8 channels per group) would leave most lanes
+// of every output vector empty and make each GEMM call tiny. Coalescing `gs`
+// neighbouring groups into one block-diagonal super-group costs the same
+// multiply-adds (the zero blocks replace the empty lanes) but runs full-width
+// vectors over a gs-times longer reduction with gs-times fewer calls.
+struct GroupPlan {
+  int64_t groups, cg, kg;  // original groups, in/out channels per group
+  int64_t gs;              // groups per super-group
+  int64_t sgroups, scg, skg;
+  // Block-diagonal membership: super-group input channel c and output channel k interact.
+  bool same_group(int64_t c, int64_t k) const { return c / cg == k / kg; }
+};
+
+GroupPlan plan_groups(const Conv2dShape& s, int64_t cols_per_group, int lanes) {
+  GroupPlan p{s.groups, s.cin_per_group(), s.cout_per_group(), 1, 0, 0, 0};
+  for (int64_t gs = s.groups; gs > 1; --gs)
+    if (s.groups % gs == 0 && gs * cols_per_group <= lanes) {
+      p.gs = gs;
+      break;
+    }
+  p.sgroups = s.groups / p.gs;
+  p.scg = p.cg * p.gs;
+  p.skg = p.kg * p.gs;
+  return p;
+}
+
+// ---------------------------------------------------------------------------
+template <typename T>
+void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s,
+                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                   const c10::optional<at::Tensor>& shift, int act, at::Tensor& out) {
+  const IsaKernels& isa = isa_kernels();
+  const int lanes = isa.lanes<T>();
+  const GroupPlan gp = plan_groups(s, s.cout_per_group(), lanes);
+  const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg, RS = s.taps();
+  const int nv = choose_nv(Kg, lanes);
+  const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Kg, nr), kpad = npanels * nr;
+  const int64_t panel_stride = RS * Cg * nr, gstride = npanels * panel_stride;
+
+  // Weight panels: [super-group][panel][tap][Cin][nr], zero beyond Cout and
+  // off the block diagonal.
+  std::vector<T> wp(G * gstride, T(0));
+  const T* ws = w.data_ptr<T>();
+  at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t g = item / npanels, p = item % npanels;
+      T* dst = wp.data() + g * gstride + p * panel_stride;
+      for (int64_t j = 0; j < nr && p * nr + j < Kg; ++j) {
+        const int64_t k = p * nr + j;
+        const T* src = ws + (g * Kg + k) * gp.cg * RS;
+        for (int64_t c = 0; c < Cg; ++c) {
+          if (!gp.same_group(c, k)) continue;
+          for (int64_t t = 0; t < RS; ++t) dst[(t * Cg + c) * nr + j] = src[(c % gp.cg) * RS + t];
+        }
+      }
+    }
+  });
+  std::vector<int64_t> b_off(RS);
+  for (int64_t t = 0; t < RS; ++t) b_off[t] = t * Cg * nr;
+  const std::vector<T> bias_p = padded_channel_vector<T>(bias, G, Kg, kpad, T(0));
+  const std::vector<T> scale_p = padded_channel_vector<T>(scale, G, Kg, kpad, T(1));
+  const std::vector<T> shift_p = padded_channel_vector<T>(shift, G, Kg, kpad, T(0));
+  const std::vector<T> zeros(s.C, T(0));
+
+  const int64_t M = s.N * s.P * s.Q, PQ = s.P * s.Q;
+  const int mr = isa.mr(nv);
+  const int64_t mc = rows_per_tile(RS * Cg, sizeof(T), mr);
+  const int64_t tiles = ceil_div(M, mc);
+  int64_t gsplit, psplit;
+  split_columns(tiles, G, npanels, gsplit, psplit);
+
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t on = out.stride(0), ok = out.stride(1), oh = out.stride(2), ow = out.stride(3);
+
+  at::parallel_for(0, tiles * gsplit * psplit, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> a(mc * RS);
+    std::vector<T*> c(mc);
+    int64_t built = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t tile = item / (gsplit * psplit), rest = item % (gsplit * psplit);
+      const int64_t gs = rest / psplit, ps = rest % psplit;
+      const int64_t m0 = tile * mc, rows = std::min(mc, M - m0);
+      if (tile != built) {
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t m = m0 + i, n = m / PQ, pq = m % PQ, p = pq / s.Q, q = pq % s.Q;
+          c[i] = op + n * on + p * oh + q * ow;
+          for (int64_t kr = 0; kr < s.R; ++kr) {
+            const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+            for (int64_t ks = 0; ks < s.S; ++ks) {
+              const int64_t iw = conv_in_coord(q, ks, s.stride_w, s.pad_w, s.dil_w);
+              const bool inside = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
+              a[i * RS + kr * s.S + ks] = inside ? xp + ((n * s.H + ih) * s.W + iw) * s.C : zeros.data();
+            }
+          }
+        }
+        built = tile;
+      }
+      IGemmArgs<T> args;
+      args.a = a.data();
+      args.m = rows;
+      args.ntaps = RS;
+      args.kc = Cg;
+      args.b_off = b_off.data();
+      args.panel_stride = panel_stride;
+      args.nv = nv;
+      args.p_begin = ps * npanels / psplit;
+      args.p_end = (ps + 1) * npanels / psplit;
+      args.ncols = Kg;
+      args.c = c.data();
+      args.c_cstride = ok;
+      args.ep.act = act;
+      for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
+        args.a_off = g * Cg;
+        args.b = wp.data() + g * gstride;
+        args.c_off = g * Kg * ok;
+        args.ep.bias = bias_p.empty() ? nullptr : bias_p.data() + g * kpad;
+        args.ep.scale = scale_p.empty() ? nullptr : scale_p.data() + g * kpad;
+        args.ep.shift = shift_p.empty() ? nullptr : shift_p.data() + g * kpad;
+        isa.igemm(args);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Input pixels with the same (h mod stride_h, w mod stride_w) are reached by
+// the same taps, so each residue class is one indirect GEMM over only its
+// taps: a stride-2 grad_input does 1/4 of the dense work, not all of it.
+struct ResidueClass {
+  int64_t ah, aw, hc, wc, rows, first_tile;
+  std::vector<int64_t> taps, b_off;
+};
+
+template <typename T>
+void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dShape& s, at::Tensor& dx) {
+  const IsaKernels& isa = isa_kernels();
+  const int lanes = isa.lanes<T>();
+  const GroupPlan gp = plan_groups(s, s.cin_per_group(), lanes);
+  const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg, RS = s.taps();
+  const int nv = choose_nv(Cg, lanes);
+  const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Cg, nr);
+  const int64_t panel_stride = RS * Kg * nr, gstride = npanels * panel_stride;
+
+  // Transposed weight panels: [super-group][panel over Cin][tap][Cout][nr].
+  std::vector<T> wp(G * gstride, T(0));
+  const T* ws = w.data_ptr<T>();
+  at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t g = item / npanels, p = item % npanels;
+      T* dst = wp.data() + g * gstride + p * panel_stride;
+      for (int64_t k = 0; k < Kg; ++k) {
+        const T* src = ws + (g * Kg + k) * gp.cg * RS;
+        for (int64_t j = 0; j < nr && p * nr + j < Cg; ++j) {
+          const int64_t c = p * nr + j;
+          if (!gp.same_group(c, k)) continue;
+          for (int64_t t = 0; t < RS; ++t) dst[(t * Kg + k) * nr + j] = src[(c % gp.cg) * RS + t];
+        }
+      }
+    }
+  });
+  const std::vector<T> zeros(s.K, T(0));
+
+  const int mr = isa.mr(nv);
+  const int64_t mc = rows_per_tile(RS * Kg, sizeof(T), mr);
+  std::vector<ResidueClass> classes;
+  int64_t tiles = 0;
+  for (int64_t ah = 0; ah < std::min(s.stride_h, s.H); ++ah)
+    for (int64_t aw = 0; aw < std::min(s.stride_w, s.W); ++aw) {
+      ResidueClass rc;
+      rc.ah = ah;
+      rc.aw = aw;
+      rc.hc = ceil_div(s.H - ah, s.stride_h);
+      rc.wc = ceil_div(s.W - aw, s.stride_w);
+      rc.rows = s.N * rc.hc * rc.wc;
+      rc.first_tile = tiles;
+      for (int64_t kr = 0; kr < s.R; ++kr)
+        for (int64_t ks = 0; ks < s.S; ++ks)
+          if (conv_tap_hits_residue(ah, kr, s.stride_h, s.pad_h, s.dil_h) &&
+              conv_tap_hits_residue(aw, ks, s.stride_w, s.pad_w, s.dil_w)) {
+            rc.b_off.push_back((kr * s.S + ks) * Kg * nr);
+            rc.taps.push_back(kr * s.S + ks);
+          }
+      tiles += ceil_div(rc.rows, mc);
+      classes.push_back(std::move(rc));
+    }
+  int64_t gsplit, psplit;
+  split_columns(tiles, G, npanels, gsplit, psplit);
+
+  const T* dyp = dy.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  const int64_t sn = dx.stride(0), sc = dx.stride(1), sh = dx.stride(2), sw = dx.stride(3);
+
+  at::parallel_for(0, tiles * gsplit * psplit, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> a(mc * RS);
+    std::vector<T*> c(mc);
+    int64_t built = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t tile = item / (gsplit * psplit), rest = item % (gsplit * psplit);
+      const int64_t gs = rest / psplit, ps = rest % psplit;
+      size_t ci = 0;
+      while (ci + 1 < classes.size() && classes[ci + 1].first_tile <= tile) ++ci;
+      const ResidueClass& rc = classes[ci];
+      const int64_t nt = int64_t(rc.taps.size());
+      const int64_t r0 = (tile - rc.first_tile) * mc, rows = std::min(mc, rc.rows - r0);
+      if (tile != built) {
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t r = r0 + i, n = r / (rc.hc * rc.wc), hw = r % (rc.hc * rc.wc);
+          const int64_t h = rc.ah + (hw / rc.wc) * s.stride_h, wi = rc.aw + (hw % rc.wc) * s.stride_w;
+          c[i] = dxp + n * sn + h * sh + wi * sw;
+          for (int64_t j = 0; j < nt; ++j) {
+            const int64_t kr = rc.taps[j] / s.S, ks = rc.taps[j] % s.S;
+            const int64_t p = conv_out_coord(h, kr, s.stride_h, s.pad_h, s.dil_h, s.P);
+            const int64_t q = conv_out_coord(wi, ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
+            a[i * nt + j] = (p >= 0 && q >= 0) ? dyp + ((n * s.P + p) * s.Q + q) * s.K : zeros.data();
+          }
+        }
+        built = tile;
+      }
+      IGemmArgs<T> args;
+      args.a = a.data();
+      args.m = rows;
+      args.ntaps = nt;
+      args.kc = Kg;
+      args.b_off = rc.b_off.data();
+      args.panel_stride = panel_stride;
+      args.nv = nv;
+      args.p_begin = ps * npanels / psplit;
+      args.p_end = (ps + 1) * npanels / psplit;
+      args.ncols = Cg;
+      args.c = c.data();
+      args.c_cstride = sc;
+      for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
+        args.a_off = g * Kg;
+        args.b = wp.data() + g * gstride;
+        args.c_off = g * Cg * sc;
+        isa.igemm(args);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// grad_weight reduces over every output pixel. The pixels are cut into a
+// fixed number of parts (one per thread), each part accumulates a private
+// partial, and the partials are summed in part order: deterministic for a
+// given thread count, with no atomics.
+template <typename T>
+void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dShape& s, at::Tensor& dw,
+                       at::Tensor* dbias) {
+  const IsaKernels& isa = isa_kernels();
+  const int lanes = isa.lanes<T>();
+  const GroupPlan gp = plan_groups(s, s.cout_per_group(), lanes);
+  const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg, RS = s.taps();
+  const int nv = choose_nv(Kg, lanes);
+  const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Kg, nr), kpad = npanels * nr;
+  const int64_t gsize = RS * Cg * kpad;
+
+  const int64_t M = s.N * s.P * s.Q, PQ = s.P * s.Q;
+  const int64_t chunk = 256;
+  const int64_t nchunks = ceil_div(M, chunk);
+  const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nchunks));
+  std::vector<T> parts(nparts * G * gsize, T(0));
+  std::vector<T> bparts(dbias ? nparts * s.K : 0, T(0));
+  const std::vector<T> zeros(s.C, T(0));
+  const T* dyp = dy.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+
+  at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> xi(chunk * RS);
+    std::vector<T> dpack(npanels * chunk * nr);
+    for (int64_t part = begin; part < end; ++part) {
+      T* acc = parts.data() + part * G * gsize;
+      T* bacc = dbias ? bparts.data() + part * s.K : nullptr;
+      for (int64_t ch = part * nchunks / nparts; ch < (part + 1) * nchunks / nparts; ++ch) {
+        const int64_t m0 = ch * chunk, rows = std::min(chunk, M - m0);
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t m = m0 + i, n = m / PQ, pq = m % PQ, p = pq / s.Q, q = pq % s.Q;
+          for (int64_t kr = 0; kr < s.R; ++kr) {
+            const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+            for (int64_t ks = 0; ks < s.S; ++ks) {
+              const int64_t iw = conv_in_coord(q, ks, s.stride_w, s.pad_w, s.dil_w);
+              const bool inside = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
+              xi[i * RS + kr * s.S + ks] = inside ? xp + ((n * s.H + ih) * s.W + iw) * s.C : zeros.data();
+            }
+          }
+          if (bacc) {
+            const T* row = dyp + m * s.K;
+            for (int64_t k = 0; k < s.K; ++k) bacc[k] += row[k];
+          }
+        }
+        for (int64_t g = 0; g < G; ++g) {
+          for (int64_t p = 0; p < npanels; ++p) {
+            T* dst = dpack.data() + p * rows * nr;
+            const int64_t width = std::min(nr, Kg - p * nr);
+            for (int64_t i = 0; i < rows; ++i) {
+              const T* src = dyp + (m0 + i) * s.K + g * Kg + p * nr;
+              int64_t j = 0;
+              for (; j < width; ++j) dst[i * nr + j] = src[j];
+              for (; j < nr; ++j) dst[i * nr + j] = T(0);
+            }
+          }
+          WGemmArgs<T> args;
+          args.x = xi.data();
+          args.x_off = g * Cg;
+          args.m = rows;
+          args.ntaps = RS;
+          args.cg = Cg;
+          args.d = dpack.data();
+          args.d_panel_stride = rows * nr;
+          args.nv = nv;
+          args.npanels = npanels;
+          args.dw = acc + g * gsize;
+          isa.wgemm(args);
+        }
+      }
+    }
+  });
+
+  for (int64_t part = 1; part < nparts; ++part) {
+    const T* src = parts.data() + part * G * gsize;
+    for (int64_t i = 0; i < G * gsize; ++i) parts[i] += src[i];
+    for (int64_t k = 0; k < int64_t(bparts.size()) / nparts; ++k) bparts[k] += bparts[part * s.K + k];
+  }
+  T* dwp = dw.data_ptr<T>();
+  const int64_t s0 = dw.stride(0), s1 = dw.stride(1), s2 = dw.stride(2), s3 = dw.stride(3);
+  // Keep only the block diagonal of each super-group.
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t t = 0; t < RS; ++t)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t k = 0; k < Kg; ++k)
+          if (gp.same_group(c, k))
+            dwp[(g * Kg + k) * s0 + (c % gp.cg) * s1 + (t / s.S) * s2 + (t % s.S) * s3] =
+                parts[g * gsize + (t * Cg + c) * kpad + k];
+  if (dbias) {
+    T* dbp = dbias->data_ptr<T>();
+    for (int64_t k = 0; k < s.K; ++k) dbp[k * dbias->stride(0)] = bparts[k];
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                    int64_t activation, at::Tensor& out) {
+  EFFCONV_CHECK_CPU(input);
+  EFFCONV_CHECK_CPU(weight);
+  EFFCONV_CHECK_SAME_DTYPE(input, weight);
+  const Conv2dShape s = make_conv2d_shape(input, weight, stride, padding, dilation, groups);
+  EFFCONV_CHECK_SIZES(out, s.N, s.K, s.P, s.Q);
+  TORCH_CHECK(activation >= 0 && activation < kNumActivations, "unknown activation code ", activation);
+  if (out.numel() == 0) return;
+  const at::ScalarType ct = compute_type(input.scalar_type());
+  const at::Tensor x = as_nhwc(input, ct);
+  const at::Tensor w = weight.to(ct).contiguous();
+  OutBuffer ob(out, ct);
+  if (ct == at::kDouble)
+    forward_typed<double>(x, w, s, bias, scale, shift, int(activation), ob.work());
+  else
+    forward_typed<float>(x, w, s, bias, scale, shift, int(activation), ob.work());
+  ob.commit();
+}
+
+void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::Tensor& grad_input) {
+  EFFCONV_CHECK_CPU(grad_output);
+  EFFCONV_CHECK_CPU(weight);
+  EFFCONV_CHECK_SAME_DTYPE(grad_output, weight);
+  const Conv2dShape s = make_conv2d_shape(grad_input, weight, stride, padding, dilation, groups);
+  EFFCONV_CHECK_SIZES(grad_output, s.N, s.K, s.P, s.Q);
+  if (grad_input.numel() == 0) return;
+  const at::ScalarType ct = compute_type(grad_output.scalar_type());
+  const at::Tensor dy = as_nhwc(grad_output, ct);
+  const at::Tensor w = weight.to(ct).contiguous();
+  OutBuffer ob(grad_input, ct);
+  if (ct == at::kDouble)
+    grad_input_typed<double>(dy, w, s, ob.work());
+  else
+    grad_input_typed<float>(dy, w, s, ob.work());
+  ob.commit();
+}
+
+void conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::Tensor& grad_weight,
+                        const c10::optional<at::Tensor>& grad_bias) {
+  EFFCONV_CHECK_CPU(grad_output);
+  EFFCONV_CHECK_CPU(input);
+  EFFCONV_CHECK_SAME_DTYPE(grad_output, input);
+  const Conv2dShape s = make_conv2d_shape(input, grad_weight, stride, padding, dilation, groups);
+  EFFCONV_CHECK_SIZES(grad_output, s.N, s.K, s.P, s.Q);
+  if (grad_bias.has_value()) EFFCONV_CHECK_SIZES((*grad_bias), s.K);
+  if (grad_weight.numel() == 0) return;
+  const at::ScalarType ct = compute_type(grad_output.scalar_type());
+  const at::Tensor dy = as_nhwc(grad_output, ct);
+  const at::Tensor x = as_nhwc(input, ct);
+  OutBuffer ow(grad_weight, ct);
+  c10::optional<OutBuffer> ob;
+  if (grad_bias.has_value()) ob.emplace(*grad_bias, ct);
+  if (ct == at::kDouble)
+    grad_weight_typed<double>(dy, x, s, ow.work(), ob ? &ob->work() : nullptr);
+  else
+    grad_weight_typed<float>(dy, x, s, ow.work(), ob ? &ob->work() : nullptr);
+  ow.commit();
+  if (ob) ob->commit();
+}
+
+}  // namespace cpu
+}  // namespace effconv

@@ -1,0 +1,26 @@
+// Torch-facing CPU kernels. Each writes into caller-allocated outputs: the
+// Python op layer owns allocation (layout rule, debug poisoning) and
+// argument validation; these re-check what memory safety depends on.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace effconv {
+namespace cpu {
+
+void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                    int64_t activation, at::Tensor& out);
+
+void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::Tensor& grad_input);
+
+void conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::Tensor& grad_weight,
+                        const c10::optional<at::Tensor>& grad_bias);
+
+void epilogue(const at::Tensor& input, const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+              const c10::optional<at::Tensor>& shift, int64_t activation, at::Tensor& out);
+
+}  // namespace cpu
+}  // namespace effconv

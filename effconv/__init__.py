@@ -1,0 +1,27 @@
+"""effconv: fast convolutions for efficient CNNs.
+
+Triton and CUDA C++ kernels on the GPU, C++ kernels on the CPU, exposed as
+PyTorch ops with autograd (torch.ops.effconv.*), functionals
+(effconv.functional) and modules (effconv.Conv2d).
+"""
+import torch  # noqa: F401
+
+from effconv import functional, ops
+from effconv.backends import requested_backend, use_backend
+from effconv.explain import Explanation, explain
+from effconv.nn import Conv2d
+from effconv.ops import ACTIVATIONS, poison_outputs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "Conv2d",
+    "Explanation",
+    "explain",
+    "functional",
+    "ops",
+    "poison_outputs",
+    "requested_backend",
+    "use_backend",
+]

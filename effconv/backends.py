@@ -1,0 +1,174 @@
+"""Backend choice: which implementation runs an op.
+
+Backends: ``triton`` (GPU; CPU tensors under ``TRITON_INTERPRET=1``),
+``cuda`` (hand-written CUDA C++), ``cpu`` (C++ CPU kernels) and ``torch``
+(PyTorch's own ops, as a reference or for configurations no kernel covers).
+``auto`` picks per op and device: C++ on CPU tensors, Triton on CUDA tensors
+unless the op documents another rule.
+
+Choose with the ``EFFCONV_BACKEND`` environment variable or, per thread,
+``with effconv.use_backend("triton"): ...``. When the requested backend cannot
+run a call, the next one in the op's order runs instead; that substitution is
+logged once per (op, reason) on the ``effconv`` logger and shows in
+:func:`effconv.explain`. Nothing falls back silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+ENV_VAR = "EFFCONV_BACKEND"
+
+log = logging.getLogger("effconv")
+
+_local = threading.local()
+
+
+def _validate(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"effconv backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def requested_backend() -> str:
+    """The backend asked for here: innermost use_backend(), else EFFCONV_BACKEND, else 'auto'."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if not env:
+        return "auto"
+    if env not in BACKENDS:
+        raise RuntimeError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+    return env
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the ops called inside the block on backend ``name`` (this thread only)."""
+    _validate(name)
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_triton_ok: tuple[bool, str] | None = None
+
+
+def triton_status() -> tuple[bool, str]:
+    """(importable?, why not). Imported lazily: `import triton` costs about a second."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            import triton  # noqa: F401
+
+            _triton_ok = (True, "")
+        except Exception as e:  # ImportError, or a broken install
+            _triton_ok = (False, f"triton is not importable ({e})")
+    return _triton_ok
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """What a backend needs to know to say whether it can run a call."""
+
+    op: str
+    device: torch.device
+    dtype: torch.dtype
+    detail: str = ""  # op-specific words for explain(), e.g. the routed kernel
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    op: str
+    backend: str
+    requested: str
+    reason: str
+    kernel: str = ""
+
+    @property
+    def fell_back(self) -> bool:
+        return self.requested not in ("auto", self.backend) or (self.requested == "auto" and self.backend == "torch")
+
+
+# A backend's capability check: None when it can run the call, else the reason it cannot.
+Check = Callable[[Call], "str | None"]
+
+
+@dataclasses.dataclass
+class OpBackends:
+    """Per-op table: capability checks and the 'auto' order per device type."""
+
+    op: str
+    checks: dict[str, Check]
+    auto_order: dict[str, Sequence[str]]
+    auto_reason: dict[str, str]
+
+
+_recorders: list[list[Choice]] = []
+_logged: set[tuple[str, str, str]] = set()
+
+
+def choose(table: OpBackends, call: Call, record: bool = True) -> Choice:
+    """The backend that runs `call`; record=False predicts without logging (explain)."""
+    requested = requested_backend()
+    device_type = call.device.type
+    order = list(table.auto_order.get(device_type, ("torch",)))
+    if requested != "auto":
+        order = [requested] + [b for b in order if b != requested]
+    refusals = []
+    for name in order:
+        check = table.checks.get(name)
+        why = f"{table.op} has no {name} backend" if check is None else check(call)
+        if why is None:
+            if requested == "auto":
+                reason = table.auto_reason.get(device_type, f"first available backend for {device_type} tensors")
+            elif name == requested:
+                reason = f"requested backend '{requested}'"
+            else:
+                reason = f"requested backend '{requested}' cannot run this call"
+            if refusals:
+                reason += "; " + "; ".join(refusals)
+            choice = Choice(table.op, name, requested, reason, call.detail)
+            if record:
+                _record(choice)
+            return choice
+        refusals.append(f"{name}: {why}")
+    raise RuntimeError(f"effconv.{table.op}: no backend can run this call ({'; '.join(refusals)})")
+
+
+def _record(choice: Choice) -> None:
+    for rec in _recorders:
+        rec.append(choice)
+    if choice.fell_back:
+        key = (choice.op, choice.backend, choice.reason)
+        if key not in _logged:
+            _logged.add(key)
+            log.warning("effconv.%s runs on backend '%s': %s", choice.op, choice.backend, choice.reason)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Choice]]:
+    """Collect every backend choice made while the block runs (used by explain())."""
+    rec: list[Choice] = []
+    _recorders.append(rec)
+    try:
+        yield rec
+    finally:
+        _recorders.remove(rec)

@@ -1,0 +1,92 @@
+"""effconv.explain: which op and backend a module or a call uses, and why."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from effconv import backends
+
+
+@dataclasses.dataclass
+class Explanation:
+    """Rows of (where, op, backend, kernel, reason). ``str()`` renders a table."""
+
+    rows: list[dict[str, str]]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def fallbacks(self) -> list[dict[str, str]]:
+        return [r for r in self.rows if r.get("fallback") == "yes"]
+
+    def __str__(self) -> str:
+        if not self.rows:
+            return "(no effconv ops)"
+        cols = ["where", "op", "backend", "kernel", "reason"]
+        widths = {c: max(len(c), *(len(r.get(c, "")) for r in self.rows)) for c in cols[:-1]}
+        lines = ["  ".join(c.ljust(widths[c]) for c in cols[:-1]) + "  reason"]
+        for r in self.rows:
+            lines.append("  ".join(r.get(c, "").ljust(widths[c]) for c in cols[:-1]) + "  " + r["reason"])
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _row(where: str, choice: backends.Choice) -> dict[str, str]:
+    return {
+        "where": where,
+        "op": choice.op,
+        "backend": choice.backend,
+        "kernel": choice.kernel,
+        "reason": choice.reason,
+        "fallback": "yes" if choice.fell_back else "no",
+    }
+
+
+def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> Explanation:
+    from effconv.ops.conv2d import TABLES, kernel_name
+
+    rows = []
+    for name, m in module.named_modules():
+        route = getattr(m, "effconv_op", None)
+        if route is None or not isinstance(m, nn.Conv2d):
+            continue
+        dev = device or m.weight.device
+        dt = dtype or m.weight.dtype
+        table = TABLES.get(route)
+        if table is None:
+            from effconv.ops import depthwise_conv2d  # noqa: F401  (later ops)
+
+            table = TABLES[route]
+        kernel = kernel_name(m.weight.shape, m.stride, m.padding if not isinstance(m.padding, str) else (1, 1),
+                             m.dilation, m.groups)
+        choice = backends.choose(table, backends.Call(route, dev, dt, kernel), record=False)
+        rows.append(_row(name or type(m).__name__, choice))
+    return Explanation(rows)
+
+
+def explain(target: Any, *args, device=None, dtype=None, **kwargs) -> Explanation:
+    """Say which effconv op and backend run, and why.
+
+    - ``explain(module)``: without inputs, predicts for each effconv layer the
+      op it routes to and the backend its parameters' device (or ``device``,
+      ``dtype``) would use under the current backend request.
+    - ``explain(fn_or_module, *args, **kwargs)``: runs the call (under
+      ``torch.no_grad()``) and reports every op it actually ran, in order,
+      including any backend substitution or PyTorch fallback.
+    """
+    if isinstance(target, nn.Module) and not args and not kwargs:
+        return _static(target, torch.device(device) if device is not None else None, dtype)
+    if not callable(target):
+        raise TypeError(f"explain() needs a module or a callable, got {type(target).__name__}")
+    fn: Callable = target
+    with backends.recording() as rec, torch.no_grad():
+        fn(*args, **kwargs)
+    return Explanation([_row(f"call {i}", ch) for i, ch in enumerate(rec)])

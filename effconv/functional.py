@@ -1,0 +1,109 @@
+"""Public functionals: ``torch.nn.functional``-style entry points.
+
+This is the one place arguments are normalised (ints to pairs, 'same' and
+'valid' padding, unbatched input) and routed to an op; the ops below it take
+only normalised arguments.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+import effconv.ops  # noqa: F401  (registers torch.ops.effconv.*)
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(name: str, value: IntPair) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    try:
+        out = [int(v) for v in value]
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of 2 ints, got {value!r}") from None
+    if len(out) == 1:
+        return out * 2
+    if len(out) != 2:
+        raise RuntimeError(
+            f"expected {name} to be a single integer value or a list of 2 values to match the convolution "
+            f"dimensions, but got {name}={list(value)}"
+        )
+    return out
+
+
+def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int], list[int]]:
+    """('same' padding) -> (symmetric part, extra on the bottom/right), as PyTorch pads."""
+    sym, extra = [], []
+    for d, k in zip(dilation, weight.shape[2:]):
+        total = d * (k - 1)
+        sym.append(total // 2)
+        extra.append(total - 2 * (total // 2))
+    return sym, extra
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: Union[str, IntPair] = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    scale: Optional[torch.Tensor] = None,
+    shift: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """2-D convolution with exactly ``torch.nn.functional.conv2d``'s semantics,
+    plus an optional fused epilogue ``act((conv + bias) * scale + shift)``
+    with per-output-channel ``scale``/``shift`` and ``activation`` in
+    ``None | 'relu' | 'relu6' | 'silu'``.
+    """
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
+    unbatched = input.dim() == 3
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}"
+        )
+    if unbatched:
+        input = input.unsqueeze(0)
+    if weight.dim() != 4:
+        raise RuntimeError(f"expected 4-D weight (out_channels, in_channels/groups, kH, kW), got {list(weight.shape)}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding_ = [0, 0]
+        elif padding == "same":
+            if stride_ != [1, 1]:
+                raise RuntimeError("padding='same' is not supported for strided convolutions")
+            padding_, extra = _same_padding(weight, dilation_)
+            if any(extra):
+                # Even extents pad one more on the bottom/right, as PyTorch does.
+                input = F.pad(input, [0, extra[1], 0, extra[0]])
+        else:
+            raise RuntimeError(f"Invalid padding string '{padding}', should be one of ['valid', 'same']")
+    else:
+        padding_ = _pair("padding", padding)
+    out = torch.ops.effconv.conv2d(
+        input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, activation or "none"
+    )
+    return out.squeeze(0) if unbatched else out
+
+
+def epilogue(
+    input: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    scale: Optional[torch.Tensor] = None,
+    shift: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """``act((input + bias[c]) * scale[c] + shift[c])`` over channel dim 1, as one pass."""
+    return torch.ops.effconv.epilogue(input, bias, scale, shift, activation or "none")
+
+
+def conv2d_route(in_channels: int, weight_shape: Sequence[int], groups: int) -> str:
+    """The op a convolution with these parameters runs on."""
+    return "conv2d"

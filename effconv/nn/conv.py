@@ -1,0 +1,71 @@
+"""effconv.Conv2d: a drop-in nn.Conv2d on effconv kernels."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effconv import functional
+from effconv.ops._common import ACTIVATIONS
+
+
+def _check_positive(name, value, allow_zero=False):
+    values = (value,) if isinstance(value, int) else tuple(value)
+    bad = [v for v in values if (v < 0 if allow_zero else v <= 0)]
+    if bad:
+        what = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {what} integers, got {value}")
+
+
+class Conv2d(nn.Conv2d):
+    """``torch.nn.Conv2d`` with the same constructor, parameters, state_dict
+    keys and padding modes, running on effconv's kernels. Each call is routed
+    by its parameters to the matching op (see :func:`effconv.explain`).
+
+    ``activation`` (keyword-only, default None) fuses ``relu``, ``relu6`` or
+    ``silu`` into the conv's epilogue.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, activation: Optional[str] = None):
+        # nn.Conv2d checks groups, channel divisibility, padding strings and
+        # padding_mode; the rest would only fail at call time there.
+        _check_positive("kernel_size", kernel_size)
+        _check_positive("stride", stride)
+        _check_positive("dilation", dilation)
+        if not isinstance(padding, str):
+            _check_positive("padding", padding, allow_zero=True)
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)} or None, got {activation!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        self.activation = None if activation == "none" else activation
+
+    @property
+    def effconv_op(self) -> str:
+        return functional.conv2d_route(self.in_channels, self.weight.shape, self.groups)
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        else:
+            padding = self.padding
+        return functional.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                                 activation=self.activation)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", activation={self.activation}" if self.activation else "")
+
+    @classmethod
+    def from_torch(cls, conv: nn.Conv2d, activation: Optional[str] = None) -> "Conv2d":
+        """An effconv.Conv2d sharing ``conv``'s parameters."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                  conv.groups, conv.bias is not None, conv.padding_mode, device=conv.weight.device,
+                  dtype=conv.weight.dtype, activation=activation)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        return new

@@ -1,0 +1,104 @@
+"""Pieces every op registration shares: the library handle, activation codes,
+output allocation (layout rule and debug poisoning) and argument checks that
+produce PyTorch-style errors naming what was expected and what was given."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Sequence
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+# One Library object per namespace; every op file defines its schemas on it.
+LIB = torch.library.Library("effconv", "DEF")
+
+# Activation names <-> codes; the codes are effconv::Activation in
+# csrc/include/effconv/epilogue.h and ACT in kernels/epilogue.py.
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "silu": 3}
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_poison = os.environ.get("EFFCONV_POISON_OUTPUTS", "0") == "1"
+
+
+@contextlib.contextmanager
+def poison_outputs(enabled: bool = True) -> Iterator[None]:
+    """Fill every kernel output with NaN before the kernel writes it, so an
+    element a kernel forgets to write fails the parity tests."""
+    global _poison
+    old, _poison = _poison, enabled
+    try:
+        yield
+    finally:
+        _poison = old
+
+
+def new_output(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_format, dtype=None) -> torch.Tensor:
+    out = torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+    if _poison and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
+def conv_memory_format(input: torch.Tensor, weight: torch.Tensor | None = None):
+    """PyTorch's rule for a convolution's output layout: channels_last when
+    the input or the weight suggests it (mkldnn_conv_use_channels_last)."""
+    if suggest_memory_format(input) == torch.channels_last:
+        return torch.channels_last
+    if weight is not None and suggest_memory_format(weight) == torch.channels_last:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def activation_code(op: str, activation: str) -> int:
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise RuntimeError(
+            f"effconv.{op}: expected activation in {tuple(ACTIVATIONS)}, got {activation!r}"
+        ) from None
+
+
+def fmt_size(t: torch.Tensor) -> str:
+    return str(list(t.shape))
+
+
+def check_floating(op: str, name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise RuntimeError(
+            f"effconv.{op}: expected {name} of a floating dtype "
+            f"(float16, bfloat16, float32 or float64), got {t.dtype}"
+        )
+
+
+def check_same(op: str, ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor, dtype=True) -> None:
+    if t.device != ref.device:
+        raise RuntimeError(
+            f"effconv.{op}: expected {name} on {ref.device} (the device of {ref_name}), got {t.device}"
+        )
+    if dtype and t.dtype != ref.dtype:
+        raise RuntimeError(f"effconv.{op}: expected {name} of dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}")
+
+
+def check_channel_vector(op: str, name: str, t: torch.Tensor | None, channels, ref: torch.Tensor) -> None:
+    """bias/scale/shift: shape (channels,), same device as ref; bias shares ref's
+    dtype, scale/shift may also be float32 (folded BatchNorm kept in fp32)."""
+    if t is None:
+        return
+    if t.dim() != 1 or t.shape[0] != channels:
+        raise RuntimeError(f"effconv.{op}: expected {name} of size [{channels}], got {fmt_size(t)}")
+    if t.device != ref.device:
+        raise RuntimeError(f"effconv.{op}: expected {name} on {ref.device}, got {t.device}")
+    allowed = (ref.dtype,) if name == "bias" else (ref.dtype, torch.float32)
+    if t.dtype not in allowed:
+        expected = " or ".join(str(d) for d in dict.fromkeys(allowed))
+        raise RuntimeError(f"effconv.{op}: expected {name} of dtype {expected}, got {t.dtype}")
+
+
+def check_pair(op: str, name: str, value: Sequence[int], minimum: int) -> None:
+    if len(value) != 2:
+        raise RuntimeError(f"effconv.{op}: expected {name} with 2 elements, got {list(value)}")
+    if any(v < minimum for v in value):
+        what = "positive" if minimum > 0 else "non-negative"
+        raise RuntimeError(f"effconv.{op}: expected {what} {name}, got {list(value)}")

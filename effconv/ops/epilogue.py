@@ -1,0 +1,121 @@
+"""effconv::epilogue: the conv epilogue as a standalone pass,
+
+    y = act((x + bias[c]) * scale[c] + shift[c])
+
+for when it cannot ride inside a conv kernel (BatchNorm in training
+normalises with statistics that exist only after the conv). The same math
+runs fused inside every conv kernel; this op has a C++ CPU kernel, a CUDA
+C++ kernel and a Triton kernel, all sharing effconv/epilogue.h's definitions.
+"""
+from __future__ import annotations
+
+import torch
+
+from effconv import _ext, backends
+from effconv.ops import _common as c
+from effconv.ops.conv2d import _activation_grad, _triton_check, reference_epilogue
+
+OP = "epilogue"
+
+c.LIB.define(
+    "epilogue(Tensor input, Tensor? bias=None, Tensor? scale=None, Tensor? shift=None, "
+    "str activation='none') -> Tensor"
+)
+
+
+def _check(input, bias, scale, shift, activation):
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"effconv.{OP}: expected input with a channel dimension (N, C, ...), got size {c.fmt_size(input)}"
+        )
+    c.check_floating(OP, "input", input)
+    for name, v in (("bias", bias), ("scale", scale), ("shift", shift)):
+        c.check_channel_vector(OP, name, v, input.shape[1], input)
+    c.activation_code(OP, activation)
+
+
+def _cpu_check(call):
+    if call.device.type != "cpu":
+        return "the C++ CPU kernels take CPU tensors"
+    return None if _ext.available() else _ext.why_unavailable()
+
+
+def _cuda_check(call):
+    if call.device.type != "cuda":
+        return "the CUDA C++ kernels take CUDA tensors"
+    if not _ext.with_cuda():
+        return "effconv._C was built without CUDA kernels"
+    return None
+
+
+TABLE = backends.OpBackends(
+    OP,
+    checks={"cpu": _cpu_check, "cuda": _cuda_check, "triton": _triton_check, "torch": lambda call: None},
+    auto_order={"cpu": ("cpu", "torch"), "cuda": ("triton", "cuda", "torch")},
+    auto_reason={"cpu": "auto: C++ kernels for CPU tensors", "cuda": "auto: Triton kernels for CUDA tensors"},
+)
+
+
+def _layout(input):
+    return torch.channels_last if input.dim() == 4 and c.conv_memory_format(input) == torch.channels_last else (
+        torch.contiguous_format
+    )
+
+
+@torch.library.register_fake("effconv::epilogue")
+def _fake(input, bias=None, scale=None, shift=None, activation="none"):
+    _check(input, bias, scale, shift, activation)
+    return input.new_empty(input.shape, memory_format=_layout(input))
+
+
+@torch.library.register_kernel("effconv::epilogue", ("cpu", "cuda"))
+def _impl(input, bias=None, scale=None, shift=None, activation="none"):
+    _check(input, bias, scale, shift, activation)
+    out = c.new_output(input.shape, input, _layout(input))
+    act = c.ACTIVATIONS[activation]
+    choice = backends.choose(TABLE, backends.Call(OP, input.device, input.dtype, "elementwise"))
+    if choice.backend == "cpu":
+        _ext.C().epilogue_cpu(input, bias, scale, shift, act, out)
+    elif choice.backend == "cuda":
+        _ext.C().epilogue_cuda(input, bias, scale, shift, act, out)
+    elif choice.backend == "triton":
+        from effconv.kernels import epilogue as k
+
+        k.epilogue(input, bias, scale, shift, act, out)
+    else:
+        view = (1, -1) + (1,) * (input.dim() - 2)
+        z = input
+        for v, f in ((bias, torch.add), (scale, torch.mul), (shift, torch.add)):
+            if v is not None:
+                z = f(z, v.to(z.dtype).view(view))
+        out.copy_(reference_epilogue(z, None, None, None, activation))
+    return out
+
+
+def _setup(ctx, inputs, output):
+    input, bias, scale, shift, activation = inputs
+    ctx.activation = activation
+    ctx.save_for_backward(input, bias, scale, shift)
+
+
+def _backward(ctx, grad):
+    input, bias, scale, shift = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    view = (1, -1) + (1,) * (input.dim() - 2)
+    dims = [0] + list(range(2, input.dim()))
+    u = input if bias is None else input + bias.to(input.dtype).view(view)
+    z = u if scale is None else u * scale.to(u.dtype).view(view)
+    if shift is not None:
+        z = z + shift.to(u.dtype).view(view)
+    g_z = _activation_grad(z, grad, ctx.activation)
+    g_u = g_z if scale is None else g_z * scale.to(u.dtype).view(view)
+    return (
+        g_u if need[0] else None,
+        g_u.sum(dims).to(bias.dtype) if need[1] else None,
+        (g_z * u).sum(dims).to(scale.dtype) if need[2] else None,
+        g_z.sum(dims).to(shift.dtype) if need[3] else None,
+        None,
+    )
+
+
+torch.library.register_autograd("effconv::epilogue", _backward, setup_context=_setup)

@@ -1,0 +1,273 @@
+"""Triton kernels of the implicit-GEMM convolution family (effconv::conv2d).
+
+All three are tiled GEMMs on ``tl.dot`` over NHWC-ordered index math; every
+tensor is addressed through its strides, so NCHW, channels_last and
+non-contiguous operands work without copies.
+
+  forward      [pixels x Cout/g] = im2col(x)[pixels x taps*Cin/g] @ W^T, fused epilogue
+  grad_input   [pixels x Cin/g]  = gathered grad_out[pixels x taps*Cout/g] @ W
+  grad_weight  [Cout/g x Cin/g] per tap = grad_out^T @ im2col(x), the pixel
+               reduction split across programs into an fp32 workspace that is
+               summed afterwards (deterministic: no atomics)
+
+``IS_1X1`` (1x1 kernel, stride 1, no padding) turns the tap loop and the
+bounds checks off: the forward is then a plain GEMM. Configs: configs/conv2d.json;
+conv configs stay at num_warps <= 4 (Inductor's Triton conv template produced
+wrong results at 8 warps for non-1x1 kernels).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from effconv.kernels import _config
+from effconv.kernels.epilogue import apply_epilogue
+
+
+@triton.jit
+def conv2d_fwd_kernel(
+    x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr,
+    N, H, W, P, Q, CG, KG,
+    sxn, sxc, sxh, sxw, swk, swc, swr, sws, syn, syk, syp, syq,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    R: tl.constexpr, S: tl.constexpr, IS_1X1: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, ACT: tl.constexpr,
+    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < N * P * Q
+    mask_n = offs_n < KG
+    n = (offs_m // (P * Q)).to(tl.int64)
+    p = (offs_m % (P * Q)) // Q
+    q = offs_m % Q
+    k_out = (g * KG + offs_n).to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if IS_1X1:
+        x_row = x_ptr + n * sxn + p.to(tl.int64) * sxh + q.to(tl.int64) * sxw
+        w_col = w_ptr + k_out * swk
+        for c0 in range(0, CG, BLOCK_K):
+            cc = c0 + offs_k
+            mask_c = cc < CG
+            a = tl.load(x_row[:, None] + ((g * CG + cc).to(tl.int64) * sxc)[None, :],
+                        mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+            b = tl.load(w_col[None, :] + (cc * swc)[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        for rs in range(R * S):
+            r = rs // S
+            s = rs % S
+            ih = p * stride_h - pad_h + r * dil_h
+            iw = q * stride_w - pad_w + s * dil_w
+            valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_row = x_ptr + n * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+            w_col = w_ptr + k_out * swk + r * swr + s * sws
+            for c0 in range(0, CG, BLOCK_K):
+                cc = c0 + offs_k
+                mask_c = cc < CG
+                a = tl.load(x_row[:, None] + ((g * CG + cc).to(tl.int64) * sxc)[None, :],
+                            mask=valid[:, None] & mask_c[None, :], other=0.0)
+                b = tl.load(w_col[None, :] + (cc * swc)[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    acc = apply_epilogue(acc, k_out, mask_n, bias_ptr, scale_ptr, shift_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, ACT)
+    y_off = (n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq)[:, None] + (k_out * syk)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def conv2d_grad_input_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    N, H, W, P, Q, CG, KG,
+    sdn, sdk, sdp, sdq, swk, swc, swr, sws, sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    R: tl.constexpr, S: tl.constexpr,
+    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels of group g
+    offs_k = tl.arange(0, BLOCK_K)                     # output channels of group g
+    mask_m = offs_m < N * H * W
+    mask_n = offs_n < CG
+    n = (offs_m // (H * W)).to(tl.int64)
+    h = (offs_m % (H * W)) // W
+    w = offs_m % W
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for rs in range(R * S):
+        r = rs // S
+        s = rs % S
+        ph = h + pad_h - r * dil_h
+        pw = w + pad_w - s * dil_w
+        p = ph // stride_h
+        q = pw // stride_w
+        # The output pixel whose tap (r, s) read this input pixel, if any.
+        valid = mask_m & (ph >= 0) & (pw >= 0) & (ph % stride_h == 0) & (pw % stride_w == 0) & (p < P) & (q < Q)
+        dy_row = dy_ptr + n * sdn + p.to(tl.int64) * sdp + q.to(tl.int64) * sdq
+        w_tap = w_ptr + offs_n.to(tl.int64) * swc + r * swr + s * sws
+        for k0 in range(0, KG, BLOCK_K):
+            kk = k0 + offs_k
+            mask_k = kk < KG
+            kglob = (g * KG + kk).to(tl.int64)
+            a = tl.load(dy_row[:, None] + (kglob * sdk)[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
+            b = tl.load(w_tap[None, :] + (kglob * swk)[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    cglob = (g * CG + offs_n).to(tl.int64)
+    x_off = (n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + (cglob * sxc)[None, :]
+    tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def conv2d_grad_weight_kernel(
+    dy_ptr, x_ptr, dw_ptr, db_ptr,
+    N, H, W, P, Q, CG, KG, K, M_PER_SPLIT, SPLIT,
+    sdn, sdk, sdp, sdq, sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    R: tl.constexpr, S: tl.constexpr,
+    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Workspaces: dw [SPLIT, K, CG, R, S] and db [SPLIT, K], fp32 (fp64), contiguous."""
+    pid_mn = tl.program_id(0)
+    rs = tl.program_id(1)
+    pid_gs = tl.program_id(2)
+    n_blocks_c = tl.cdiv(CG, BLOCK_N)
+    pid_k = pid_mn // n_blocks_c
+    pid_c = pid_mn % n_blocks_c
+    g = pid_gs // SPLIT
+    sp = pid_gs % SPLIT
+    r = rs // S
+    s = rs % S
+    offs_k = pid_k * BLOCK_M + tl.arange(0, BLOCK_M)  # output channels of group g
+    offs_c = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels of group g
+    mask_k = offs_k < KG
+    mask_c = offs_c < CG
+    kglob = (g * KG + offs_k).to(tl.int64)
+    cglob = (g * CG + offs_c).to(tl.int64)
+    M = N * P * Q
+    m_begin = sp * M_PER_SPLIT
+    m_end = tl.minimum(M, m_begin + M_PER_SPLIT)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
+    for m0 in range(m_begin, m_end, BLOCK_K):
+        offs_m = m0 + tl.arange(0, BLOCK_K)
+        mask_m = offs_m < m_end
+        n = (offs_m // (P * Q)).to(tl.int64)
+        p = (offs_m % (P * Q)) // Q
+        q = offs_m % Q
+        ih = p * stride_h - pad_h + r * dil_h
+        iw = q * stride_w - pad_w + s * dil_w
+        valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        dy_col = n * sdn + p.to(tl.int64) * sdp + q.to(tl.int64) * sdq
+        a = tl.load(dy_ptr + (kglob * sdk)[:, None] + dy_col[None, :], mask=mask_k[:, None] & mask_m[None, :],
+                    other=0.0)
+        x_row = n * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+        b = tl.load(x_ptr + x_row[:, None] + (cglob * sxc)[None, :], mask=valid[:, None] & mask_c[None, :],
+                    other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        bias_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
+    dw_off = (((sp * K + kglob) * CG)[:, None] + offs_c[None, :]) * (R * S) + rs
+    tl.store(dw_ptr + dw_off, acc, mask=mask_k[:, None] & mask_c[None, :])
+    # One program per (group, split, output-channel block) owns the bias sum.
+    tl.store(db_ptr + sp * K + kglob, bias_acc, mask=mask_k & (pid_c == 0) & (rs == 0))
+
+
+_KEY = ["N", "H", "W", "P", "Q", "CG", "KG"]
+_fwd, _fwd_meta = _config.launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel", _KEY)
+_fwd_1x1, _fwd_1x1_meta = _config.launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel_1x1", _KEY)
+_dgrad, _dgrad_meta = _config.launcher(conv2d_grad_input_kernel, "conv2d", "conv2d_grad_input_kernel", _KEY)
+_wgrad, _wgrad_meta = _config.launcher(conv2d_grad_weight_kernel, "conv2d", "conv2d_grad_weight_kernel",
+                                       _KEY + ["M_PER_SPLIT"])
+
+
+def _is_1x1(weight, stride, padding, dilation) -> bool:
+    return weight.shape[2] == 1 and weight.shape[3] == 1 and list(stride) == [1, 1] and list(padding) == [0, 0]
+
+
+def forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act: int, out):
+    N, C, H, W = input.shape
+    K, CG, R, S = weight.shape
+    P, Q = out.shape[2], out.shape[3]
+    if out.numel() == 0:
+        return out
+    KG = K // groups
+    one = _is_1x1(weight, stride, padding, dilation)
+    kernel, meta = (_fwd_1x1, _fwd_1x1_meta) if one else (_fwd, _fwd_meta)
+    dummy = out
+    grid = lambda m: (triton.cdiv(N * P * Q, m["BLOCK_M"]), triton.cdiv(KG, m["BLOCK_N"]), groups)  # noqa: E731
+    kernel[grid](
+        input, weight, out,
+        bias if bias is not None else dummy, scale if scale is not None else dummy,
+        shift if shift is not None else dummy,
+        N, H, W, P, Q, CG, KG,
+        *input.stride(), *weight.stride(), *out.stride(),
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        R=R, S=S, IS_1X1=one,
+        HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, ACT=act,
+        PRECISION=_config.dot_precision(input.dtype), ACC_DTYPE=_config.acc_dtype(input.dtype), **meta,
+    )
+    return out
+
+
+def grad_input(grad_output, weight, stride, padding, dilation, groups, out):
+    N, C, H, W = out.shape
+    K, CG, R, S = weight.shape
+    P, Q = grad_output.shape[2], grad_output.shape[3]
+    if out.numel() == 0:
+        return out
+    KG = K // groups
+    grid = lambda m: (triton.cdiv(N * H * W, m["BLOCK_M"]), triton.cdiv(CG, m["BLOCK_N"]), groups)  # noqa: E731
+    _dgrad[grid](
+        grad_output, weight, out,
+        N, H, W, P, Q, CG, KG,
+        *grad_output.stride(), *weight.stride(), *out.stride(),
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        R=R, S=S, PRECISION=_config.dot_precision(out.dtype), ACC_DTYPE=_config.acc_dtype(out.dtype), **_dgrad_meta,
+    )
+    return out
+
+
+def _splits(M: int, programs: int, device: torch.device) -> int:
+    """Split the pixel reduction until the grid fills the GPU (2 waves)."""
+    if device.type != "cuda":
+        return 1
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(target, max(programs, 1)), triton.cdiv(M, 512)))
+
+
+def grad_weight(grad_output, input, stride, padding, dilation, groups, grad_w, grad_b):
+    N, C, H, W = input.shape
+    K, CG, R, S = grad_w.shape
+    P, Q = grad_output.shape[2], grad_output.shape[3]
+    KG = K // groups
+    M = N * P * Q
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    if M == 0:
+        grad_w.zero_()
+        grad_b.zero_()
+        return grad_w, grad_b
+    programs = triton.cdiv(KG, 64) * triton.cdiv(CG, 64) * R * S * groups
+    split = _splits(M, programs, input.device)
+    m_per_split = triton.cdiv(M, split)
+    dw = torch.empty((split, K, CG, R, S), dtype=acc, device=input.device)
+    db = torch.empty((split, K), dtype=acc, device=input.device)
+    grid = lambda m: (triton.cdiv(KG, m["BLOCK_M"]) * triton.cdiv(CG, m["BLOCK_N"]), R * S, groups * split)  # noqa: E731
+    _wgrad[grid](
+        grad_output, input, dw, db,
+        N, H, W, P, Q, CG, KG, K, m_per_split, split,
+        *grad_output.stride(), *input.stride(),
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        R=R, S=S, PRECISION=_config.dot_precision(input.dtype), ACC_DTYPE=_config.acc_dtype(input.dtype),
+        **_wgrad_meta,
+    )
+    grad_w.copy_(dw.sum(0))
+    grad_b.copy_(db.sum(0))
+    return grad_w, grad_b
