@@ -1,4 +1,11 @@
-"""Launch configurations as data, and the autotune/interpreter switch."""
+"""Launch configurations as data, and the autotune/interpreter switch.
+
+configs/<op>.json maps kernel -> class -> [config, ...]. Classes split
+configs by what executes the dot: 'mma' (tensor cores: fp16, bf16, TF32)
+and 'fma' (FMA units: IEEE fp32, fp64), whose register budgets differ; a
+kernel without a dot has the single class 'any'. The first config of each
+class is its default.
+"""
 from __future__ import annotations
 
 import functools
@@ -8,8 +15,10 @@ from pathlib import Path
 
 import torch
 import triton
+import triton.language as tl
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+META_KEYS = ("num_warps", "num_stages")
 
 
 def interpreting() -> bool:
@@ -17,28 +26,14 @@ def interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def load(op: str) -> dict[str, list[dict]]:
-    """{kernel name: [config, ...]} from configs/<op>.json; the first config of
-    each kernel is its default (the interpreter's, and the AOT test's baseline)."""
+def load(op: str) -> dict[str, dict[str, list[dict]]]:
     with open(CONFIG_DIR / f"{op}.json") as f:
         data = json.load(f)
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def to_triton(cfg: dict) -> triton.Config:
-    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
-    return triton.Config(meta, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
-
-
-def launcher(fn, op: str, kernel: str, key: list[str]):
-    """(callable, default meta). On a GPU the callable autotunes over the
-    configs; under the interpreter it is the plain kernel and the caller
-    passes the default config's meta-parameters (autotuning needs CUDA events)."""
-    configs = load(op)[kernel]
-    if interpreting():
-        meta = {k: v for k, v in configs[0].items() if k not in ("num_warps", "num_stages")}
-        return fn, meta
-    return triton.autotune([to_triton(c) for c in configs], key=key)(fn), {}
+def meta_of(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in META_KEYS}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -49,7 +44,40 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def acc_dtype(dtype: torch.dtype):
-    import triton.language as tl
+def dot_class(dtype: torch.dtype) -> str:
+    if dtype in (torch.float16, torch.bfloat16):
+        return "mma"
+    if dtype == torch.float32 and dot_precision(dtype) == "tf32":
+        return "mma"
+    return "fma"
 
+
+def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def index_dtype(*tensors: torch.Tensor):
+    """int32 offsets while every tensor spans fewer than 2^31 elements (fewer
+    registers, faster address math), int64 beyond."""
+    span = max((t.numel() and sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) + 1) for t in tensors)
+    return tl.int64 if span >= 2**31 else tl.int32
+
+
+class Launcher:
+    """Picks the kernel variant for a dtype class: on a GPU an autotuner over
+    that class's configs; under the interpreter the plain kernel with the
+    class's default meta-parameters (autotuning needs CUDA events)."""
+
+    def __init__(self, fn, op: str, kernel: str, key: list[str]):
+        self.fn, self.op, self.kernel, self.key = fn, op, kernel, key
+        self._tuned: dict[str, object] = {}
+
+    def __call__(self, cls: str):
+        configs = load(self.op)[self.kernel][cls]
+        if interpreting():
+            return self.fn, meta_of(configs[0])
+        if cls not in self._tuned:
+            tconfigs = [triton.Config(meta_of(c), num_warps=c["num_warps"], num_stages=c["num_stages"])
+                        for c in configs]
+            self._tuned[cls] = triton.autotune(tconfigs, key=self.key)(self.fn)
+        return self._tuned[cls], {}

@@ -10,10 +10,14 @@ non-contiguous operands work without copies.
                reduction split across programs into an fp32 workspace that is
                summed afterwards (deterministic: no atomics)
 
+Register economy (checked by effconv.kernels.aot on sm_80/sm_90): per-row
+offsets are computed once per tile and each tap only adds a scalar; offsets
+are int32 unless a tensor reaches 2^31 elements (IDX = tl.int64).
+
 ``IS_1X1`` (1x1 kernel, stride 1, no padding) turns the tap loop and the
-bounds checks off: the forward is then a plain GEMM. Configs: configs/conv2d.json;
-conv configs stay at num_warps <= 4 (Inductor's Triton conv template produced
-wrong results at 8 warps for non-1x1 kernels).
+bounds checks off: the forward is then a plain GEMM. Configs:
+configs/conv2d.json; conv configs stay at num_warps <= 4 (Inductor's Triton
+conv template produced wrong results at 8 warps for non-1x1 kernels).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ def conv2d_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     R: tl.constexpr, S: tl.constexpr, IS_1X1: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, ACT: tl.constexpr,
-    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -44,39 +48,44 @@ def conv2d_fwd_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < N * P * Q
     mask_n = offs_n < KG
-    n = (offs_m // (P * Q)).to(tl.int64)
+    n = offs_m // (P * Q)
     p = (offs_m % (P * Q)) // Q
     q = offs_m % Q
-    k_out = (g * KG + offs_n).to(tl.int64)
+    ih0 = p * stride_h - pad_h
+    iw0 = q * stride_w - pad_w
+    x_base = n.to(IDX) * sxn + ih0.to(IDX) * sxh + iw0.to(IDX) * sxw + (g * CG).to(IDX) * sxc
+    w_base = (g * KG + offs_n).to(IDX) * swk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    if IS_1X1:
-        x_row = x_ptr + n * sxn + p.to(tl.int64) * sxh + q.to(tl.int64) * sxw
-        w_col = w_ptr + k_out * swk
-        for c0 in range(0, CG, BLOCK_K):
-            cc = c0 + offs_k
-            mask_c = cc < CG
-            a = tl.load(x_row[:, None] + ((g * CG + cc).to(tl.int64) * sxc)[None, :],
-                        mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-            b = tl.load(w_col[None, :] + (cc * swc)[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-    else:
-        for rs in range(R * S):
-            r = rs // S
-            s = rs % S
-            ih = p * stride_h - pad_h + r * dil_h
-            iw = q * stride_w - pad_w + s * dil_w
+    # One flat loop over (tap, channel block): Triton pipelines only the
+    # innermost loop, and a tap loop around it multiplied live registers
+    # into spills on sm_80/sm_90 (see effconv.kernels.aot).
+    ncb = tl.cdiv(CG, BLOCK_K)
+    for step in range(R * S * ncb):
+        rs = step // ncb
+        c0 = (step - rs * ncb) * BLOCK_K
+        r = rs // S
+        s = rs - r * S
+        if IS_1X1:
+            valid = mask_m
+            x_off = x_base
+        else:
+            ih = ih0 + r * dil_h
+            iw = iw0 + s * dil_w
             valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_row = x_ptr + n * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
-            w_col = w_ptr + k_out * swk + r * swr + s * sws
-            for c0 in range(0, CG, BLOCK_K):
-                cc = c0 + offs_k
-                mask_c = cc < CG
-                a = tl.load(x_row[:, None] + ((g * CG + cc).to(tl.int64) * sxc)[None, :],
-                            mask=valid[:, None] & mask_c[None, :], other=0.0)
-                b = tl.load(w_col[None, :] + (cc * swc)[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+            x_off = x_base + (r * dil_h * sxh + s * dil_w * sxw)
+        cc = c0 + offs_k
+        mask_c = cc < CG
+        a = tl.load(x_ptr + x_off[:, None] + (cc * sxc)[None, :], mask=valid[:, None] & mask_c[None, :], other=0.0)
+        b = tl.load(w_ptr + (w_base + (r * swr + s * sws))[None, :] + (cc * swc)[:, None],
+                    mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    k_out = g * KG + offs_n
     acc = apply_epilogue(acc, k_out, mask_n, bias_ptr, scale_ptr, shift_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, ACT)
-    y_off = (n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq)[:, None] + (k_out * syk)[None, :]
+    # Output coordinates are re-derived here rather than kept live through the loop.
+    n = offs_m // (P * Q)
+    p = (offs_m % (P * Q)) // Q
+    q = offs_m % Q
+    y_off = (n.to(IDX) * syn + p.to(IDX) * syp + q.to(IDX) * syq)[:, None] + (k_out.to(IDX) * syk)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -87,7 +96,7 @@ def conv2d_grad_input_kernel(
     sdn, sdk, sdp, sdq, swk, swc, swr, sws, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     R: tl.constexpr, S: tl.constexpr,
-    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -98,30 +107,37 @@ def conv2d_grad_input_kernel(
     offs_k = tl.arange(0, BLOCK_K)                     # output channels of group g
     mask_m = offs_m < N * H * W
     mask_n = offs_n < CG
-    n = (offs_m // (H * W)).to(tl.int64)
+    n = offs_m // (H * W)
     h = (offs_m % (H * W)) // W
     w = offs_m % W
+    ph0 = h + pad_h
+    pw0 = w + pad_w
+    dy_n = n.to(IDX) * sdn + (g * KG).to(IDX) * sdk
+    w_base = (g * KG).to(IDX) * swk + offs_n.to(IDX) * swc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for rs in range(R * S):
+    nkb = tl.cdiv(KG, BLOCK_K)
+    for step in range(R * S * nkb):
+        rs = step // nkb
+        k0 = (step - rs * nkb) * BLOCK_K
         r = rs // S
-        s = rs % S
-        ph = h + pad_h - r * dil_h
-        pw = w + pad_w - s * dil_w
+        s = rs - r * S
+        ph = ph0 - r * dil_h
+        pw = pw0 - s * dil_w
         p = ph // stride_h
         q = pw // stride_w
         # The output pixel whose tap (r, s) read this input pixel, if any.
-        valid = mask_m & (ph >= 0) & (pw >= 0) & (ph % stride_h == 0) & (pw % stride_w == 0) & (p < P) & (q < Q)
-        dy_row = dy_ptr + n * sdn + p.to(tl.int64) * sdp + q.to(tl.int64) * sdq
-        w_tap = w_ptr + offs_n.to(tl.int64) * swc + r * swr + s * sws
-        for k0 in range(0, KG, BLOCK_K):
-            kk = k0 + offs_k
-            mask_k = kk < KG
-            kglob = (g * KG + kk).to(tl.int64)
-            a = tl.load(dy_row[:, None] + (kglob * sdk)[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
-            b = tl.load(w_tap[None, :] + (kglob * swk)[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-    cglob = (g * CG + offs_n).to(tl.int64)
-    x_off = (n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + (cglob * sxc)[None, :]
+        valid = mask_m & (ph >= 0) & (pw >= 0) & (p * stride_h == ph) & (q * stride_w == pw) & (p < P) & (q < Q)
+        kk = k0 + offs_k
+        mask_k = kk < KG
+        dy_off = dy_n + p.to(IDX) * sdp + q.to(IDX) * sdq
+        a = tl.load(dy_ptr + dy_off[:, None] + (kk * sdk)[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(w_ptr + (w_base + (r * swr + s * sws))[None, :] + (kk * swk)[:, None],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    n = offs_m // (H * W)
+    h = (offs_m % (H * W)) // W
+    w = offs_m % W
+    x_off = (n.to(IDX) * sxn + h.to(IDX) * sxh + w.to(IDX) * sxw)[:, None] + ((g * CG + offs_n).to(IDX) * sxc)[None, :]
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -132,10 +148,10 @@ def conv2d_grad_weight_kernel(
     sdn, sdk, sdp, sdq, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     R: tl.constexpr, S: tl.constexpr,
-    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Workspaces: dw [SPLIT, K, CG, R, S] and db [SPLIT, K], fp32 (fp64), contiguous."""
+    """Workspaces: dw [SPLIT, R, S, K, CG] and db [SPLIT, K], fp32 (fp64), contiguous."""
     pid_mn = tl.program_id(0)
     rs = tl.program_id(1)
     pid_gs = tl.program_id(2)
@@ -150,42 +166,39 @@ def conv2d_grad_weight_kernel(
     offs_c = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels of group g
     mask_k = offs_k < KG
     mask_c = offs_c < CG
-    kglob = (g * KG + offs_k).to(tl.int64)
-    cglob = (g * CG + offs_c).to(tl.int64)
-    M = N * P * Q
+    dy_k = (g * KG + offs_k).to(IDX) * sdk
+    x_c = (g * CG + offs_c).to(IDX) * sxc
     m_begin = sp * M_PER_SPLIT
-    m_end = tl.minimum(M, m_begin + M_PER_SPLIT)
+    m_end = tl.minimum(N * P * Q, m_begin + M_PER_SPLIT)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     for m0 in range(m_begin, m_end, BLOCK_K):
         offs_m = m0 + tl.arange(0, BLOCK_K)
         mask_m = offs_m < m_end
-        n = (offs_m // (P * Q)).to(tl.int64)
+        n = offs_m // (P * Q)
         p = (offs_m % (P * Q)) // Q
         q = offs_m % Q
         ih = p * stride_h - pad_h + r * dil_h
         iw = q * stride_w - pad_w + s * dil_w
         valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        dy_col = n * sdn + p.to(tl.int64) * sdp + q.to(tl.int64) * sdq
-        a = tl.load(dy_ptr + (kglob * sdk)[:, None] + dy_col[None, :], mask=mask_k[:, None] & mask_m[None, :],
-                    other=0.0)
-        x_row = n * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
-        b = tl.load(x_ptr + x_row[:, None] + (cglob * sxc)[None, :], mask=valid[:, None] & mask_c[None, :],
-                    other=0.0)
+        dy_m = n.to(IDX) * sdn + p.to(IDX) * sdp + q.to(IDX) * sdq
+        a = tl.load(dy_ptr + dy_k[:, None] + dy_m[None, :], mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+        x_m = n.to(IDX) * sxn + ih.to(IDX) * sxh + iw.to(IDX) * sxw
+        b = tl.load(x_ptr + x_m[:, None] + x_c[None, :], mask=valid[:, None] & mask_c[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
         bias_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
-    dw_off = (((sp * K + kglob) * CG)[:, None] + offs_c[None, :]) * (R * S) + rs
+    kglob = g * KG + offs_k
+    dw_off = ((sp * (R * S) + rs) * K + kglob).to(IDX)[:, None] * CG + offs_c[None, :]
     tl.store(dw_ptr + dw_off, acc, mask=mask_k[:, None] & mask_c[None, :])
     # One program per (group, split, output-channel block) owns the bias sum.
     tl.store(db_ptr + sp * K + kglob, bias_acc, mask=mask_k & (pid_c == 0) & (rs == 0))
 
 
 _KEY = ["N", "H", "W", "P", "Q", "CG", "KG"]
-_fwd, _fwd_meta = _config.launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel", _KEY)
-_fwd_1x1, _fwd_1x1_meta = _config.launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel_1x1", _KEY)
-_dgrad, _dgrad_meta = _config.launcher(conv2d_grad_input_kernel, "conv2d", "conv2d_grad_input_kernel", _KEY)
-_wgrad, _wgrad_meta = _config.launcher(conv2d_grad_weight_kernel, "conv2d", "conv2d_grad_weight_kernel",
-                                       _KEY + ["M_PER_SPLIT"])
+_fwd = _config.Launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel", _KEY)
+_fwd_1x1 = _config.Launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel_1x1", _KEY)
+_dgrad = _config.Launcher(conv2d_grad_input_kernel, "conv2d", "conv2d_grad_input_kernel", _KEY)
+_wgrad = _config.Launcher(conv2d_grad_weight_kernel, "conv2d", "conv2d_grad_weight_kernel", _KEY + ["M_PER_SPLIT"])
 
 
 def _is_1x1(weight, stride, padding, dilation) -> bool:
@@ -200,19 +213,22 @@ def forward(input, weight, bias, scale, shift, stride, padding, dilation, groups
         return out
     KG = K // groups
     one = _is_1x1(weight, stride, padding, dilation)
-    kernel, meta = (_fwd_1x1, _fwd_1x1_meta) if one else (_fwd, _fwd_meta)
+    kernel, meta = (_fwd_1x1 if one else _fwd)(_config.dot_class(input.dtype))
+    x = input.contiguous(memory_format=torch.channels_last)
+    w = weight.permute(2, 3, 1, 0).contiguous()  # [R, S, Cin/g, Cout]: B tiles contiguous along Cout
     dummy = out
     grid = lambda m: (triton.cdiv(N * P * Q, m["BLOCK_M"]), triton.cdiv(KG, m["BLOCK_N"]), groups)  # noqa: E731
     kernel[grid](
-        input, weight, out,
+        x, w, out,
         bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy,
         N, H, W, P, Q, CG, KG,
-        *input.stride(), *weight.stride(), *out.stride(),
+        *x.stride(), w.stride(3), w.stride(2), w.stride(0), w.stride(1), *out.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         R=R, S=S, IS_1X1=one,
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, ACT=act,
-        PRECISION=_config.dot_precision(input.dtype), ACC_DTYPE=_config.acc_dtype(input.dtype), **meta,
+        PRECISION=_config.dot_precision(input.dtype), ACC_DTYPE=_config.acc_dtype(input.dtype),
+        IDX=_config.index_dtype(x, w, out), **meta,
     )
     return out
 
@@ -224,13 +240,17 @@ def grad_input(grad_output, weight, stride, padding, dilation, groups, out):
     if out.numel() == 0:
         return out
     KG = K // groups
+    dy = grad_output.contiguous(memory_format=torch.channels_last)
+    w = weight.permute(2, 3, 0, 1).contiguous()  # [R, S, Cout, Cin/g]: B tiles contiguous along Cin/g
     grid = lambda m: (triton.cdiv(N * H * W, m["BLOCK_M"]), triton.cdiv(CG, m["BLOCK_N"]), groups)  # noqa: E731
-    _dgrad[grid](
-        grad_output, weight, out,
+    kernel, meta = _dgrad(_config.dot_class(out.dtype))
+    kernel[grid](
+        dy, w, out,
         N, H, W, P, Q, CG, KG,
-        *grad_output.stride(), *weight.stride(), *out.stride(),
+        *dy.stride(), w.stride(2), w.stride(3), w.stride(0), w.stride(1), *out.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        R=R, S=S, PRECISION=_config.dot_precision(out.dtype), ACC_DTYPE=_config.acc_dtype(out.dtype), **_dgrad_meta,
+        R=R, S=S, PRECISION=_config.dot_precision(out.dtype), ACC_DTYPE=_config.acc_dtype(out.dtype),
+        IDX=_config.index_dtype(dy, w, out), **meta,
     )
     return out
 
@@ -257,17 +277,20 @@ def grad_weight(grad_output, input, stride, padding, dilation, groups, grad_w, g
     programs = triton.cdiv(KG, 64) * triton.cdiv(CG, 64) * R * S * groups
     split = _splits(M, programs, input.device)
     m_per_split = triton.cdiv(M, split)
-    dw = torch.empty((split, K, CG, R, S), dtype=acc, device=input.device)
+    dy = grad_output.contiguous(memory_format=torch.channels_last)
+    x = input.contiguous(memory_format=torch.channels_last)
+    dw = torch.empty((split, R, S, K, CG), dtype=acc, device=input.device)
     db = torch.empty((split, K), dtype=acc, device=input.device)
     grid = lambda m: (triton.cdiv(KG, m["BLOCK_M"]) * triton.cdiv(CG, m["BLOCK_N"]), R * S, groups * split)  # noqa: E731
-    _wgrad[grid](
-        grad_output, input, dw, db,
+    kernel, meta = _wgrad(_config.dot_class(input.dtype))
+    kernel[grid](
+        dy, x, dw, db,
         N, H, W, P, Q, CG, KG, K, m_per_split, split,
-        *grad_output.stride(), *input.stride(),
+        *dy.stride(), *x.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         R=R, S=S, PRECISION=_config.dot_precision(input.dtype), ACC_DTYPE=_config.acc_dtype(input.dtype),
-        **_wgrad_meta,
+        IDX=_config.index_dtype(dy, x, dw), **meta,
     )
-    grad_w.copy_(dw.sum(0))
+    grad_w.copy_(dw.sum(0).permute(2, 3, 0, 1))
     grad_b.copy_(db.sum(0))
     return grad_w, grad_b

@@ -43,10 +43,11 @@ def apply_epilogue(acc, cols, col_mask, bias_ptr, scale_ptr, shift_ptr,
 @triton.jit
 def epilogue_kernel(x_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr, numel, C, INNER,
                     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, ACT: tl.constexpr,
-                    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                    ACC_DTYPE: tl.constexpr, IDX: tl.constexpr, BLOCK: tl.constexpr):
     """x, y dense in the same layout; element i has channel (i // INNER) % C
-    (INNER = 1 for channels_last, H*W for NCHW)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    (INNER = 1 for channels_last, H*W for NCHW). IDX is int64 only past 2^31
+    elements: 64-bit division is a subroutine call with a stack frame."""
+    offs = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     ch = (offs // INNER) % C
     z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC_DTYPE)
@@ -60,7 +61,7 @@ def epilogue_kernel(x_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr, numel, C, INNE
     tl.store(y_ptr + offs, z.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-_epilogue, _epilogue_meta = _config.launcher(epilogue_kernel, "epilogue", "epilogue_kernel", key=["numel"])
+_epilogue = _config.Launcher(epilogue_kernel, "epilogue", "epilogue_kernel", key=["numel"])
 
 
 def epilogue(input, bias, scale, shift, act: int, out):
@@ -74,11 +75,12 @@ def epilogue(input, bias, scale, shift, act: int, out):
     inner = 1 if channels_last else numel // (x.shape[0] * x.shape[1])
     dummy = y
     grid = lambda meta: (triton.cdiv(numel, meta["BLOCK"]),)  # noqa: E731
-    _epilogue[grid](
+    kernel, meta = _epilogue("any")
+    kernel[grid](
         x, y, bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, numel, x.shape[1], inner,
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, ACT=act,
-        ACC_DTYPE=_config.acc_dtype(x.dtype), **_epilogue_meta,
+        ACC_DTYPE=_config.acc_dtype(x.dtype), IDX=_config.index_dtype(x, y), **meta,
     )
     if y is not out:
         out.copy_(y)
