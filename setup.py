@@ -1,5 +1,9 @@
 """Build effconv and its extension effconv._C.
 
+EFFCONV_NO_EXTENSION=1 installs the Python package only; the Makefile uses it
+for the editable install and builds the extension in place with
+`setup.py build_ext --inplace`, whose ninja build in ./build is incremental.
+
 CPU kernels (csrc/cpu, csrc/bindings.cpp) always build. CUDA C++ kernels
 (csrc/cuda/*.cu) build when torch is a CUDA build and nvcc is found, unless
 EFFCONV_SKIP_CUDA=1; EFFCONV_CUDA_ARCHS picks the targets (default "8.0;9.0").
@@ -105,7 +109,7 @@ setup(
     packages=["effconv", "effconv.ops", "effconv.nn", "effconv.models", "effconv.kernels"],
     package_dir={"effconv.kernels": "kernels"},
     package_data={"effconv.kernels": ["configs/*.json"]},
-    ext_modules=[extension()],
+    ext_modules=[] if os.environ.get("EFFCONV_NO_EXTENSION") == "1" else [extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,
 )

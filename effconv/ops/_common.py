@@ -34,8 +34,13 @@ def poison_outputs(enabled: bool = True) -> Iterator[None]:
         _poison = old
 
 
+def empty(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_format, dtype=None) -> torch.Tensor:
+    """An output's storage (also used by fake implementations)."""
+    return torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+
+
 def new_output(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_format, dtype=None) -> torch.Tensor:
-    out = torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+    out = empty(size, like, memory_format, dtype)
     if _poison and out.is_floating_point():
         out.fill_(float("nan"))
     return out
@@ -102,3 +107,36 @@ def check_pair(op: str, name: str, value: Sequence[int], minimum: int) -> None:
     if any(v < minimum for v in value):
         what = "positive" if minimum > 0 else "non-negative"
         raise RuntimeError(f"effconv.{op}: expected {what} {name}, got {list(value)}")
+
+
+def activation_grad(z: torch.Tensor, grad: torch.Tensor, activation: str) -> torch.Tensor:
+    """grad * act'(z)."""
+    if activation == "relu":
+        return grad * (z > 0)
+    if activation == "relu6":
+        return grad * ((z > 0) & (z < 6))
+    if activation == "silu":
+        s = torch.sigmoid(z)
+        return grad * (s * (1 + z * (1 - s)))
+    return grad
+
+
+def epilogue_backward(grad, u, scale, shift, activation, want_scale: bool, want_shift: bool):
+    """Backward of y = act(u * scale + shift) over channel dim 1.
+
+    Returns (grad_u, grad_scale, grad_shift); the last two are None unless
+    wanted. Computes in at least float32 and casts back, so float16/bfloat16
+    gradients carry one rounding, not one per elementwise step.
+    """
+    ct = torch.promote_types(u.dtype, torch.float32)
+    view = (1, -1) + (1,) * (u.dim() - 2)
+    dims = [0] + list(range(2, u.dim()))
+    u_c = u.to(ct)
+    z = u_c if scale is None else u_c * scale.to(ct).view(view)
+    if shift is not None:
+        z = z + shift.to(ct).view(view)
+    g_z = activation_grad(z, grad.to(ct), activation)
+    g_scale = (g_z * u_c).sum(dims).to(scale.dtype) if want_scale and scale is not None else None
+    g_shift = g_z.sum(dims).to(shift.dtype) if want_shift and shift is not None else None
+    g_u = g_z if scale is None else g_z * scale.to(ct).view(view)
+    return g_u.to(u.dtype), g_scale, g_shift

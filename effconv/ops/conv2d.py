@@ -165,7 +165,7 @@ def reference_epilogue(z, bias, scale, shift, activation):
 @torch.library.register_fake("effconv::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, scale=None, shift=None, activation="none"):
     p, q = check_conv2d(input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)
-    return input.new_empty((input.shape[0], weight.shape[0], p, q), memory_format=c.conv_memory_format(input, weight))
+    return c.empty((input.shape[0], weight.shape[0], p, q), input, c.conv_memory_format(input, weight))
 
 
 @torch.library.register_kernel("effconv::conv2d", ("cpu", "cuda"))
@@ -188,7 +188,9 @@ def _conv2d_setup(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, scale, shift, activation = inputs
     ctx.conf = (stride, padding, dilation, groups)
     ctx.activation = activation
-    ctx.has = (bias is not None, scale is not None, shift is not None)
+    # Backward runs on the backend requested when forward ran: autograd may
+    # run it on another thread (CUDA), where use_backend() is not in effect.
+    ctx.backend = backends.requested_backend()
     # relu/relu6 without a scale can be differentiated from the output alone;
     # anything else recomputes the pre-activation in backward instead of
     # keeping another activation-sized tensor alive.
@@ -198,34 +200,28 @@ def _conv2d_setup(ctx, inputs, output):
 
 
 def _conv2d_backward(ctx, grad):
+    with backends.use_backend(ctx.backend):
+        return _conv2d_backward_impl(ctx, grad)
+
+
+def _conv2d_backward_impl(ctx, grad):
     input, weight, bias, scale, shift, output = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conf
     act = ctx.activation
-    need = ctx.needs_input_grad
+    # Trailing arguments left at their defaults may be missing from needs_input_grad.
+    need = tuple(ctx.needs_input_grad) + (False,) * 10
     grad_scale = grad_shift = None
-    if act == "none" and scale is None:
-        g_u = grad
+    if scale is None and act in ("none", "relu", "relu6"):
+        # Differentiable from the output alone: no recompute.
+        if act == "none":
+            g_u = grad
+        else:
+            g_u = grad * ((output > 0) if act == "relu" else (output > 0) & (output < 6))
         if shift is not None and need[8]:
-            grad_shift = grad.sum((0, 2, 3))
-    elif ctx.mask_from_output:
-        keep = (output > 0) if act == "relu" else (output > 0) & (output < 6)
-        g_u = grad * keep
-        if shift is not None and need[8]:
-            grad_shift = g_u.sum((0, 2, 3))
+            grad_shift = g_u.sum((0, 2, 3), dtype=torch.promote_types(g_u.dtype, torch.float32)).to(shift.dtype)
     else:
         u = torch.ops.effconv.conv2d(input, weight, bias, stride, padding, dilation, groups)
-        z = u if scale is None else u * scale.to(u.dtype).view(1, -1, 1, 1)
-        if shift is not None:
-            z = z + shift.to(u.dtype).view(1, -1, 1, 1)
-        g_z = _activation_grad(z, grad, act)
-        if shift is not None and need[8]:
-            grad_shift = g_z.sum((0, 2, 3)).to(shift.dtype)
-        if scale is not None:
-            if need[7]:
-                grad_scale = (g_z * u).sum((0, 2, 3)).to(scale.dtype)
-            g_u = g_z * scale.to(u.dtype).view(1, -1, 1, 1)
-        else:
-            g_u = g_z
+        g_u, grad_scale, grad_shift = c.epilogue_backward(grad, u, scale, shift, act, need[7], need[8])
     grad_input = grad_weight = grad_bias = None
     if need[0]:
         grad_input = torch.ops.effconv.conv2d_grad_input(
@@ -238,17 +234,6 @@ def _conv2d_backward(ctx, grad):
         grad_weight = grad_weight if need[1] else None
         grad_bias = grad_bias if (need[2] and bias is not None) else None
     return grad_input, grad_weight, grad_bias, None, None, None, None, grad_scale, grad_shift, None
-
-
-def _activation_grad(z, grad, act):
-    if act == "relu":
-        return grad * (z > 0)
-    if act == "relu6":
-        return grad * ((z > 0) & (z < 6))
-    if act == "silu":
-        s = torch.sigmoid(z)
-        return grad * (s * (1 + z * (1 - s)))
-    return grad
 
 
 torch.library.register_autograd("effconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
@@ -275,7 +260,7 @@ def _check_grad_input(grad_output, weight, input_size, stride, padding, dilation
 @torch.library.register_fake("effconv::conv2d_grad_input")
 def _grad_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
     _check_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups)
-    return grad_output.new_empty(input_size, memory_format=c.conv_memory_format(grad_output))
+    return c.empty(input_size, grad_output, c.conv_memory_format(grad_output))
 
 
 @torch.library.register_kernel("effconv::conv2d_grad_input", ("cpu", "cuda"))
@@ -298,6 +283,7 @@ def _grad_input_impl(grad_output, weight, input_size, stride, padding, dilation,
 def _grad_input_setup(ctx, inputs, output):
     grad_output, weight, input_size, stride, padding, dilation, groups = inputs
     ctx.conf = (stride, padding, dilation, groups)
+    ctx.backend = backends.requested_backend()
     ctx.save_for_backward(grad_output, weight)
 
 
@@ -307,12 +293,13 @@ def _grad_input_backward(ctx, gg):
     grad_output, weight = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conf
     g_go = g_w = None
-    if ctx.needs_input_grad[0]:
-        g_go = torch.ops.effconv.conv2d(gg, weight, None, stride, padding, dilation, groups)
-    if ctx.needs_input_grad[1]:
-        g_w, _ = torch.ops.effconv.conv2d_grad_weight(
-            grad_output, gg, list(weight.shape), stride, padding, dilation, groups
-        )
+    with backends.use_backend(ctx.backend):
+        if ctx.needs_input_grad[0]:
+            g_go = torch.ops.effconv.conv2d(gg, weight, None, stride, padding, dilation, groups)
+        if ctx.needs_input_grad[1]:
+            g_w, _ = torch.ops.effconv.conv2d_grad_weight(
+                grad_output, gg, list(weight.shape), stride, padding, dilation, groups
+            )
     return g_go, g_w, None, None, None, None, None
 
 
@@ -369,6 +356,7 @@ def _grad_weight_impl(grad_output, input, weight_size, stride, padding, dilation
 def _grad_weight_setup(ctx, inputs, output):
     grad_output, input, weight_size, stride, padding, dilation, groups = inputs
     ctx.conf = (stride, padding, dilation, groups)
+    ctx.backend = backends.requested_backend()
     ctx.save_for_backward(grad_output, input)
 
 
@@ -377,12 +365,13 @@ def _grad_weight_backward(ctx, gg_w, gg_b):
     grad_output, input = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conf
     g_go = g_in = None
-    if ctx.needs_input_grad[0]:
-        g_go = torch.ops.effconv.conv2d(input, gg_w, gg_b, stride, padding, dilation, groups)
-    if ctx.needs_input_grad[1]:
-        g_in = torch.ops.effconv.conv2d_grad_input(
-            grad_output, gg_w, list(input.shape), stride, padding, dilation, groups
-        )
+    with backends.use_backend(ctx.backend):
+        if ctx.needs_input_grad[0]:
+            g_go = torch.ops.effconv.conv2d(input, gg_w, gg_b, stride, padding, dilation, groups)
+        if ctx.needs_input_grad[1]:
+            g_in = torch.ops.effconv.conv2d_grad_input(
+                grad_output, gg_w, list(input.shape), stride, padding, dilation, groups
+            )
     return g_go, g_in, None, None, None, None, None
 
 

@@ -13,7 +13,7 @@ import torch
 
 from effconv import _ext, backends
 from effconv.ops import _common as c
-from effconv.ops.conv2d import _activation_grad, _triton_check, reference_epilogue
+from effconv.ops.conv2d import _triton_check, reference_epilogue
 
 OP = "epilogue"
 
@@ -65,7 +65,7 @@ def _layout(input):
 @torch.library.register_fake("effconv::epilogue")
 def _fake(input, bias=None, scale=None, shift=None, activation="none"):
     _check(input, bias, scale, shift, activation)
-    return input.new_empty(input.shape, memory_format=_layout(input))
+    return c.empty(input.shape, input, _layout(input))
 
 
 @torch.library.register_kernel("effconv::epilogue", ("cpu", "cuda"))
@@ -100,22 +100,15 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     input, bias, scale, shift = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    view = (1, -1) + (1,) * (input.dim() - 2)
-    dims = [0] + list(range(2, input.dim()))
-    u = input if bias is None else input + bias.to(input.dtype).view(view)
-    z = u if scale is None else u * scale.to(u.dtype).view(view)
-    if shift is not None:
-        z = z + shift.to(u.dtype).view(view)
-    g_z = _activation_grad(z, grad, ctx.activation)
-    g_u = g_z if scale is None else g_z * scale.to(u.dtype).view(view)
-    return (
-        g_u if need[0] else None,
-        g_u.sum(dims).to(bias.dtype) if need[1] else None,
-        (g_z * u).sum(dims).to(scale.dtype) if need[2] else None,
-        g_z.sum(dims).to(shift.dtype) if need[3] else None,
-        None,
-    )
+    # Trailing arguments left at their defaults may be missing from needs_input_grad.
+    need = tuple(ctx.needs_input_grad) + (False,) * 5
+    ct = torch.promote_types(input.dtype, torch.float32)
+    u = input.to(ct)
+    if bias is not None:
+        u = u + bias.to(ct).view((1, -1) + (1,) * (input.dim() - 2))
+    g_u, g_scale, g_shift = c.epilogue_backward(grad, u, scale, shift, ctx.activation, need[2], need[3])
+    g_bias = g_u.sum([0] + list(range(2, input.dim()))).to(bias.dtype) if need[1] else None
+    return g_u.to(input.dtype) if need[0] else None, g_bias, g_scale, g_shift, None
 
 
 torch.library.register_autograd("effconv::epilogue", _backward, setup_context=_setup)

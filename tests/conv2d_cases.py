@@ -1,0 +1,66 @@
+"""Shared parametrization of the implicit-GEMM family (CPU and Triton tests)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    stride: object = 1
+    padding: object = 0
+    dilation: object = 1
+    groups: int = 1
+    bias: bool = True
+
+    @property
+    def weight_shape(self):
+        return (self.K, self.C // self.groups, self.R, self.S)
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    def param(self, *marks):
+        return pytest.param(self, id=self.name, marks=marks)
+
+
+CASES = [
+    Case("pw1x1", 2, 16, 7, 13, 24, 1, 1),
+    Case("pw1x1_s2_nobias", 2, 16, 9, 9, 8, 1, 1, stride=2, bias=False),
+    Case("pw1x1_g4", 1, 32, 5, 6, 16, 1, 1, groups=4),
+    Case("3x3", 2, 8, 9, 11, 16, 3, 3, padding=1),
+    Case("3x3_s2", 2, 8, 10, 9, 12, 3, 3, stride=2, padding=1),
+    Case("3x3_s3_p0_nobias", 1, 6, 13, 11, 10, 3, 3, stride=3, bias=False),
+    Case("3x3_s21", 2, 5, 9, 10, 7, 3, 3, stride=(2, 1), padding=(1, 0)),
+    Case("3x3_d2", 2, 8, 12, 12, 8, 3, 3, padding=2, dilation=2),
+    Case("3x3_d3_nobias", 1, 4, 15, 14, 6, 3, 3, padding=3, dilation=3, bias=False),
+    Case("5x5", 2, 6, 11, 9, 10, 5, 5, padding=2),
+    Case("5x5_s2_d2", 1, 6, 17, 15, 8, 5, 5, stride=2, padding=4, dilation=2),
+    Case("7x1", 2, 8, 7, 13, 12, 7, 1, padding=(3, 0)),
+    Case("1x7_g2_nobias", 2, 8, 9, 13, 12, 1, 7, padding=(0, 3), groups=2, bias=False),
+    Case("g32_resnext", 2, 128, 6, 6, 128, 3, 3, padding=1, groups=32, bias=False),
+    Case("g32_resnext_s2", 1, 64, 8, 8, 128, 3, 3, stride=2, padding=1, groups=32),
+    Case("g4_uneven", 2, 12, 7, 9, 20, 3, 3, padding=1, groups=4),
+    Case("same_3x3", 2, 8, 7, 13, 16, 3, 3, padding="same"),
+    Case("same_even_4x4", 1, 6, 9, 8, 8, 4, 4, padding="same"),
+    Case("same_d2", 1, 6, 9, 10, 8, 3, 3, padding="same", dilation=2, bias=False),
+    Case("valid", 2, 6, 9, 10, 8, 3, 3, padding="valid"),
+    Case("batch0", 0, 8, 9, 11, 16, 3, 3, padding=1),
+    Case("batch1_rgb_stem", 1, 3, 16, 16, 40, 3, 3, stride=2, padding=1),
+    Case("wide_channels", 1, 96, 5, 5, 80, 3, 3, padding=1),
+    Case("kernel_eq_input", 2, 4, 5, 5, 6, 5, 5),
+    Case("stride_gt_kernel", 1, 4, 11, 11, 6, 2, 2, stride=3),
+    Case("9x9", 1, 4, 12, 12, 6, 9, 9, padding=4),
+]
+
+BY_NAME = {c.name: c for c in CASES}

@@ -1,0 +1,163 @@
+"""effconv.functional.conv2d on the C++ CPU kernels: forward and every
+gradient against float64 F.conv2d over the implicit-GEMM family, in every
+layout and dtype, plus epilogue, gradcheck, determinism and ISA builds."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import effconv
+from effconv import _ext
+from conv2d_cases import BY_NAME, CASES, Case
+from helpers import assert_close, assert_low_precision_ok, conv2d_reference, make_input, same_layout
+
+pytestmark = pytest.mark.skipif(not _ext.available(), reason="effconv._C is not built")
+
+
+def run_case(case: Case, dtype, layout, backend="cpu", gen=None, activation=None, epilogue=False, device="cpu"):
+    """Forward + backward on `backend`, compared with float64 PyTorch (on the CPU)."""
+    def leaf(t):
+        return t.to(dtype=dtype, device=device).requires_grad_()
+
+    x = make_input(case.input_shape, dtype, layout, gen).to(device).requires_grad_()
+    w = leaf(torch.randn(case.weight_shape, dtype=torch.float64, generator=gen) / case.R)
+    b = leaf(torch.randn(case.K, dtype=torch.float64, generator=gen)) if case.bias else None
+    scale = shift = None
+    if epilogue:
+        scale = leaf(torch.rand(case.K, dtype=torch.float64, generator=gen) + 0.5)
+        shift = leaf(torch.randn(case.K, dtype=torch.float64, generator=gen))
+    with effconv.use_backend(backend):
+        y = effconv.functional.conv2d(x, w, b, case.stride, case.padding, case.dilation, case.groups,
+                                      scale=scale, shift=shift, activation=activation)
+    leaves = [t for t in (x, w, b, scale, shift) if t is not None]
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in leaves]
+    rx, rw = ref_leaves[0], ref_leaves[1]
+    rest = iter(ref_leaves[2:])
+    rb = next(rest) if case.bias else None
+    rscale, rshift = (next(rest), next(rest)) if epilogue else (None, None)
+    y_ref = conv2d_reference(rx, rw, rb, case.stride, case.padding, case.dilation, case.groups,
+                             rscale, rshift, activation)
+    red_out = case.C // case.groups * case.R * case.S
+    assert y.shape == y_ref.shape
+    assert_close(y.detach().cpu(), y_ref, red_out, "output")
+
+    # Same output layout as PyTorch gives for the same operands.
+    with torch.no_grad():
+        torch_y = F.conv2d(x.detach().cpu().float(), w.detach().cpu().float(), None, case.stride, case.padding,
+                           case.dilation, case.groups)
+    assert same_layout(y, torch_y), f"layout: effconv {y.stride()} vs torch {torch_y.stride()}"
+
+    dy = torch.randn(y.shape, dtype=torch.float64, generator=gen).to(dtype)
+    grads = torch.autograd.grad(y, leaves, dy.to(device), allow_unused=True)
+    ref_grads = torch.autograd.grad(y_ref, ref_leaves, dy.double(), allow_unused=True)
+    pixels = max(y.shape[0] * y.shape[2] * y.shape[3], 1)
+    reductions = [case.K // case.groups * case.R * case.S, pixels] + [pixels] * (len(leaves) - 2)
+    for name, g, rg, red in zip(("grad_input", "grad_weight", "grad_3", "grad_4", "grad_5"), grads, ref_grads,
+                                reductions):
+        assert g is not None, name
+        assert_close(g.cpu(), rg, red, name)
+    return x, y, grads
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
+def test_conv2d_fp32(case, layout, gen):
+    run_case(case, torch.float32, layout, gen=gen)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
+def test_conv2d_fp64(case, gen):
+    run_case(case, torch.float64, "channels_last", gen=gen)
+
+
+LOW_PRECISION = ["pw1x1", "3x3_s2", "5x5_s2_d2", "g32_resnext", "same_even_4x4", "batch0", "wide_channels"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in LOW_PRECISION])
+def test_conv2d_low_precision(case, dtype, gen):
+    x, y, _ = run_case(case, dtype, "channels_last", gen=gen)
+    # ... and no worse than twice PyTorch's own error in this dtype.
+    w = torch.randn(case.weight_shape, dtype=torch.float64, generator=gen) / case.R
+    x64 = x.detach().double()
+    with effconv.use_backend("cpu"):
+        ours = effconv.functional.conv2d(x.detach(), w.to(dtype), None, case.stride, case.padding, case.dilation,
+                                         case.groups)
+    ref = F.conv2d(x64, w, None, case.stride, case.padding, case.dilation, case.groups)
+    theirs = F.conv2d(x.detach(), w.to(dtype), None, case.stride, case.padding, case.dilation, case.groups)
+    assert_low_precision_ok(ours, ref, theirs, case.C // case.groups * case.R * case.S)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu"])
+@pytest.mark.parametrize("epilogue", [False, True], ids=["bias_only", "scale_shift"])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("pw1x1", "3x3_s2", "g4_uneven")])
+def test_conv2d_epilogue(case, epilogue, activation, gen):
+    run_case(case, torch.float32, "channels_last", gen=gen, activation=activation, epilogue=epilogue)
+
+
+def test_unbatched_input(gen):
+    x = torch.randn(8, 9, 11, generator=gen)
+    w = torch.randn(16, 8, 3, 3, generator=gen)
+    y = effconv.functional.conv2d(x, w, None, 1, 1)
+    assert y.shape == (16, 9, 11)
+    assert_close(y, F.conv2d(x.double(), w.double(), None, 1, 1), 72)
+
+
+def test_gradcheck_fp64():
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(6, dtype=torch.float64, requires_grad=True)
+
+    def plain(x, w, b):
+        return effconv.functional.conv2d(x, w, b, 2, 1, 2, 2)
+
+    def fused(x, w, b, scale, shift):
+        return effconv.functional.conv2d(x, w, b, 1, 1, 1, 2, scale=scale, shift=shift, activation="silu")
+
+    assert torch.autograd.gradcheck(plain, (x, w, b))
+    assert torch.autograd.gradcheck(fused, (x, w, b, scale, shift))
+    # Second derivatives go through conv2d_grad_input / conv2d_grad_weight's own autograd.
+    assert torch.autograd.gradgradcheck(plain, (x, w, b))
+
+
+def test_relu_gradient_uses_output_mask(gen):
+    # relu/relu6 without scale differentiate from the saved output; check at the kinks too.
+    x = torch.randn(1, 4, 6, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    for act in ("relu", "relu6"):
+        assert torch.autograd.gradcheck(lambda x, w: effconv.functional.conv2d(x, w, None, 1, 1, activation=act),
+                                        (x, w))
+
+
+def test_backward_is_deterministic(gen):
+    case = BY_NAME["g4_uneven"]
+    x = make_input((4, 12, 15, 13), torch.float32, "channels_last", gen).requires_grad_()
+    w = torch.randn(case.weight_shape, generator=gen, requires_grad=True)
+    b = torch.randn(case.K, generator=gen, requires_grad=True)
+    dy = None
+    results = []
+    for _ in range(2):
+        y = effconv.functional.conv2d(x, w, b, 1, 1, 1, 4)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)) if dy is None else dy
+        results.append(torch.autograd.grad(y, (x, w, b), dy))
+    for a, b_ in zip(*results):
+        assert torch.equal(a, b_)
+
+
+@pytest.fixture(params=["avx2", "baseline"])
+def other_isa(request):
+    C = _ext.C()
+    before = C.cpu_isa()
+    if not C.set_cpu_isa(request.param):
+        pytest.skip(f"this CPU cannot run the {request.param} build")
+    yield request.param
+    C.set_cpu_isa(before)
+
+
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("pw1x1", "3x3_s2", "g32_resnext", "wide_channels")])
+def test_other_isa_builds(other_isa, case, gen):
+    run_case(case, torch.float32, "channels_last", gen=gen, activation="silu", epilogue=True)
+    run_case(case, torch.float64, "nchw", gen=gen)
