@@ -85,30 +85,20 @@ def triton_status() -> tuple[bool, str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Call:
-    """What a backend needs to know to say whether it can run a call."""
-
-    op: str
-    device: torch.device
-    dtype: torch.dtype
-    detail: str = ""  # op-specific words for explain(), e.g. the routed kernel
-
-
-@dataclasses.dataclass(frozen=True)
 class Choice:
     op: str
     backend: str
     requested: str
     reason: str
     kernel: str = ""
-
-    @property
-    def fell_back(self) -> bool:
-        return self.requested not in ("auto", self.backend) or (self.requested == "auto" and self.backend == "torch")
+    fell_back: bool = False
 
 
-# A backend's capability check: None when it can run the call, else the reason it cannot.
-Check = Callable[[Call], "str | None"]
+# A backend's capability check, f(device_type, dtype): None when it can run
+# such a call, else the reason it cannot. Checks depend only on their
+# arguments and on process state (extension built, TRITON_INTERPRET), so
+# decisions are cached per (request, device type, dtype, interpreter).
+Check = Callable[[str, torch.dtype], "str | None"]
 
 
 @dataclasses.dataclass
@@ -119,23 +109,21 @@ class OpBackends:
     checks: dict[str, Check]
     auto_order: dict[str, Sequence[str]]
     auto_reason: dict[str, str]
+    cache: dict = dataclasses.field(default_factory=dict)
 
 
 _recorders: list[list[Choice]] = []
 _logged: set[tuple[str, str, str]] = set()
 
 
-def choose(table: OpBackends, call: Call, record: bool = True) -> Choice:
-    """The backend that runs `call`; record=False predicts without logging (explain)."""
-    requested = requested_backend()
-    device_type = call.device.type
+def _decide(table: OpBackends, requested: str, device_type: str, dtype: torch.dtype) -> tuple[str, str, bool]:
     order = list(table.auto_order.get(device_type, ("torch",)))
     if requested != "auto":
         order = [requested] + [b for b in order if b != requested]
     refusals = []
     for name in order:
         check = table.checks.get(name)
-        why = f"{table.op} has no {name} backend" if check is None else check(call)
+        why = f"{table.op} has no {name} backend" if check is None else check(device_type, dtype)
         if why is None:
             if requested == "auto":
                 reason = table.auto_reason.get(device_type, f"first available backend for {device_type} tensors")
@@ -145,12 +133,31 @@ def choose(table: OpBackends, call: Call, record: bool = True) -> Choice:
                 reason = f"requested backend '{requested}' cannot run this call"
             if refusals:
                 reason += "; " + "; ".join(refusals)
-            choice = Choice(table.op, name, requested, reason, call.detail)
-            if record:
-                _record(choice)
-            return choice
+            fell_back = requested not in ("auto", name) or (requested == "auto" and name == "torch")
+            return name, reason, fell_back
         refusals.append(f"{name}: {why}")
     raise RuntimeError(f"effconv.{table.op}: no backend can run this call ({'; '.join(refusals)})")
+
+
+def choose(table: OpBackends, device: torch.device, dtype: torch.dtype,
+           describe: Callable[[], str] | None = None, record: bool = True) -> Choice | str:
+    """The backend that runs a call on `device`/`dtype`.
+
+    Returns the backend name; with record=False returns the full Choice
+    without logging (explain's predictions). `describe` names the kernel
+    variant for explain(); it is only called when someone is listening.
+    """
+    requested = requested_backend()
+    key = (requested, device.type, dtype, triton_interpreting())
+    hit = table.cache.get(key)
+    if hit is None:
+        hit = table.cache[key] = _decide(table, requested, device.type, dtype)
+    backend, reason, fell_back = hit
+    if not record:
+        return Choice(table.op, backend, requested, reason, describe() if describe else "", fell_back)
+    if _recorders or fell_back:
+        _record(Choice(table.op, backend, requested, reason, describe() if describe else "", fell_back))
+    return backend
 
 
 def _record(choice: Choice) -> None:

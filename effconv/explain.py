@@ -67,7 +67,7 @@ def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype |
             table = TABLES[route]
         kernel = kernel_name(m.weight.shape, m.stride, m.padding if not isinstance(m.padding, str) else (1, 1),
                              m.dilation, m.groups)
-        choice = backends.choose(table, backends.Call(route, dev, dt, kernel), record=False)
+        choice = backends.choose(table, dev, dt, lambda: kernel, record=False)
         rows.append(_row(name or type(m).__name__, choice))
     return Explanation(rows)
 

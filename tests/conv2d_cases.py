@@ -51,6 +51,8 @@ CASES = [
     Case("g32_resnext", 2, 128, 6, 6, 128, 3, 3, padding=1, groups=32, bias=False),
     Case("g32_resnext_s2", 1, 64, 8, 8, 128, 3, 3, stride=2, padding=1, groups=32),
     Case("g4_uneven", 2, 12, 7, 9, 20, 3, 3, padding=1, groups=4),
+    Case("g6_partial_vector", 2, 24, 7, 6, 24, 3, 3, stride=2, padding=1, groups=6),
+    Case("g8_expand", 1, 16, 6, 7, 64, 3, 3, padding=1, groups=8),
     Case("same_3x3", 2, 8, 7, 13, 16, 3, 3, padding="same"),
     Case("same_even_4x4", 1, 6, 9, 8, 8, 4, 4, padding="same"),
     Case("same_d2", 1, 6, 9, 10, 8, 3, 3, padding="same", dilation=2, bias=False),

@@ -73,6 +73,84 @@ GroupPlan plan_groups(const Conv2dShape& s, int64_t cols_per_group, int lanes) {
   return p;
 }
 
+// Runs every (row tile, column split) work item over the threads. A tile's
+// indirection, `build(tile, a, c) -> rows`, is built once per tile by the
+// thread that owns it; `compute(tile, split, rows, a, c)` then runs the
+// microkernels. Items of one tile are adjacent, so a static schedule keeps
+// them on one thread.
+template <typename T, typename Build, typename Compute>
+void for_each_tile(int64_t tiles, int64_t max_rows, int64_t max_taps, int64_t splits, const Build& build,
+                   const Compute& compute) {
+  at::parallel_for(0, tiles * splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> a(max_rows * std::max<int64_t>(max_taps, 1));
+    std::vector<T*> c(max_rows);
+    int64_t built = -1, rows = 0;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t tile = item / splits;
+      if (tile != built) {
+        rows = build(tile, a.data(), c.data());
+        built = tile;
+      }
+      compute(tile, item % splits, rows, a.data(), c.data());
+    }
+  });
+}
+
+// Forward indirection for output pixels [m0, m0 + rows): per row the output
+// pointer and one input pointer per tap (a zero vector in the padding).
+// (n, p, q) advance incrementally: a division per row costs more than the
+// row's arithmetic when channels are few.
+template <typename T>
+void build_forward_rows(const Conv2dShape& s, const T* xp, T* op, const int64_t* ostride, const T* zeros,
+                        int64_t m0, int64_t rows, const T** a, T** c) {
+  const int64_t PQ = s.P * s.Q, RS = s.taps();
+  int64_t n = m0 / PQ, p = (m0 % PQ) / s.Q, q = m0 % s.Q;
+  for (int64_t i = 0; i < rows; ++i) {
+    c[i] = op + n * ostride[0] + p * ostride[2] + q * ostride[3];
+    const T** arow = a + i * RS;
+    for (int64_t kr = 0; kr < s.R; ++kr) {
+      const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+      const bool row_inside = ih >= 0 && ih < s.H;
+      const T* xrow = xp + (n * s.H + ih) * s.W * s.C;
+      for (int64_t ks = 0; ks < s.S; ++ks) {
+        const int64_t iw = conv_in_coord(q, ks, s.stride_w, s.pad_w, s.dil_w);
+        arow[kr * s.S + ks] = row_inside && iw >= 0 && iw < s.W ? xrow + iw * s.C : zeros;
+      }
+    }
+    if (++q == s.Q) {
+      q = 0;
+      if (++p == s.P) {
+        p = 0;
+        ++n;
+      }
+    }
+  }
+}
+
+// The group-vectorised kernel applies when several whole groups fit one
+// vector (cols_per_group divides the lane count) and their input span fits
+// two vectors.
+bool use_gconv(int64_t groups, int64_t reduce_per_group, int64_t cols_per_group, int lanes) {
+  return groups > 1 && cols_per_group < lanes && lanes % cols_per_group == 0 &&
+         (lanes / cols_per_group) * reduce_per_group <= 2 * lanes;
+}
+
+// gconv weight layout [vector block][tap][reduce channel][lane]. Lane j of
+// block vb is column vb*L + j; value(col, r, t) gives that column's weight.
+template <typename T, typename Value>
+std::vector<T> pack_gconv_weight(int64_t ncols, int64_t taps, int64_t reduce, int lanes, const Value& value) {
+  const int64_t nvb = ceil_div(ncols, lanes);
+  std::vector<T> wp(nvb * taps * reduce * lanes, T(0));
+  at::parallel_for(0, nvb, 1, [&](int64_t b, int64_t e) {
+    for (int64_t vb = b; vb < e; ++vb)
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t r = 0; r < reduce; ++r)
+          for (int64_t j = 0; j < lanes && vb * lanes + j < ncols; ++j)
+            wp[((vb * taps + t) * reduce + r) * lanes + j] = value(vb * lanes + j, r, t);
+  });
+  return wp;
+}
+
 // ---------------------------------------------------------------------------
 template <typename T>
 void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s,
@@ -80,8 +158,62 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
                    const c10::optional<at::Tensor>& shift, int act, at::Tensor& out) {
   const IsaKernels& isa = isa_kernels();
   const int lanes = isa.lanes<T>();
+  const int64_t RS = s.taps(), M = s.N * s.P * s.Q;
+  const T* xp = x.data_ptr<T>();
+  const T* ws = w.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t ostride[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  const int64_t ok = ostride[1];
+  const std::vector<T> zeros(s.C, T(0));
+  auto build = [&](int64_t m0, int64_t rows, const T** a, T** c) {
+    build_forward_rows<T>(s, xp, op, ostride, zeros.data(), m0, rows, a, c);
+  };
+
+  if (use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes)) {
+    const int64_t Cg = s.cin_per_group(), Kg = s.cout_per_group();
+    const int64_t nvb = ceil_div(s.K, lanes), kpad = nvb * lanes;
+    const std::vector<T> wp = pack_gconv_weight<T>(s.K, RS, Cg, lanes, [&](int64_t k, int64_t c, int64_t t) {
+      return ws[(k * Cg + c) * RS + t];
+    });
+    const std::vector<T> bias_p = padded_channel_vector<T>(bias, 1, s.K, kpad, T(0));
+    const std::vector<T> scale_p = padded_channel_vector<T>(scale, 1, s.K, kpad, T(1));
+    const std::vector<T> shift_p = padded_channel_vector<T>(shift, 1, s.K, kpad, T(0));
+    const int64_t mc = rows_per_tile(RS * 2 * lanes, sizeof(T), 12);
+    const int64_t tiles = ceil_div(M, mc);
+    int64_t vsplit, unused;
+    split_columns(tiles, nvb, 1, vsplit, unused);
+    GConvArgs<T> args;
+    args.ntaps = RS;
+    args.wtaps = RS;
+    args.cg = Cg;
+    args.kg = Kg;
+    args.channels = s.C;
+    args.w = wp.data();
+    args.ncols = s.K;
+    args.c_cstride = ok;
+    args.ep = {bias_p.empty() ? nullptr : bias_p.data(), scale_p.empty() ? nullptr : scale_p.data(),
+               shift_p.empty() ? nullptr : shift_p.data(), act};
+    for_each_tile<T>(
+        tiles, mc, RS, vsplit,
+        [&](int64_t tile, const T** a, T** c) {
+          const int64_t rows = std::min(mc, M - tile * mc);
+          build(tile * mc, rows, a, c);
+          return rows;
+        },
+        [&](int64_t, int64_t split, int64_t rows, const T** a, T** c) {
+          GConvArgs<T> part = args;
+          part.a = a;
+          part.c = c;
+          part.m = rows;
+          part.vb_begin = split * nvb / vsplit;
+          part.vb_end = (split + 1) * nvb / vsplit;
+          isa.gconv(part);
+        });
+    return;
+  }
+
   const GroupPlan gp = plan_groups(s, s.cout_per_group(), lanes);
-  const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg, RS = s.taps();
+  const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg;
   const int nv = choose_nv(Kg, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Kg, nr), kpad = npanels * nr;
   const int64_t panel_stride = RS * Cg * nr, gstride = npanels * panel_stride;
@@ -89,7 +221,6 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   // Weight panels: [super-group][panel][tap][Cin][nr], zero beyond Cout and
   // off the block diagonal.
   std::vector<T> wp(G * gstride, T(0));
-  const T* ws = w.data_ptr<T>();
   at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
       const int64_t g = item / npanels, p = item % npanels;
@@ -109,67 +240,56 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   const std::vector<T> bias_p = padded_channel_vector<T>(bias, G, Kg, kpad, T(0));
   const std::vector<T> scale_p = padded_channel_vector<T>(scale, G, Kg, kpad, T(1));
   const std::vector<T> shift_p = padded_channel_vector<T>(shift, G, Kg, kpad, T(0));
-  const std::vector<T> zeros(s.C, T(0));
 
-  const int64_t M = s.N * s.P * s.Q, PQ = s.P * s.Q;
-  const int mr = isa.mr(nv);
-  const int64_t mc = rows_per_tile(RS * Cg, sizeof(T), mr);
+  const int64_t mc = rows_per_tile(RS * Cg, sizeof(T), isa.mr(nv));
   const int64_t tiles = ceil_div(M, mc);
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
-
-  const T* xp = x.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  const int64_t on = out.stride(0), ok = out.stride(1), oh = out.stride(2), ow = out.stride(3);
-
-  at::parallel_for(0, tiles * gsplit * psplit, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> a(mc * RS);
-    std::vector<T*> c(mc);
-    int64_t built = -1;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t tile = item / (gsplit * psplit), rest = item % (gsplit * psplit);
-      const int64_t gs = rest / psplit, ps = rest % psplit;
-      const int64_t m0 = tile * mc, rows = std::min(mc, M - m0);
-      if (tile != built) {
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t m = m0 + i, n = m / PQ, pq = m % PQ, p = pq / s.Q, q = pq % s.Q;
-          c[i] = op + n * on + p * oh + q * ow;
-          for (int64_t kr = 0; kr < s.R; ++kr) {
-            const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-            for (int64_t ks = 0; ks < s.S; ++ks) {
-              const int64_t iw = conv_in_coord(q, ks, s.stride_w, s.pad_w, s.dil_w);
-              const bool inside = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
-              a[i * RS + kr * s.S + ks] = inside ? xp + ((n * s.H + ih) * s.W + iw) * s.C : zeros.data();
-            }
-          }
+  // A 1x1, stride-1, unpadded conv into a channels_last output is a plain
+  // GEMM over [N*H*W, C]: rows are affine, so no indirection is built.
+  const bool dense = RS == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
+                     ok == 1 && ostride[3] == s.K && ostride[2] == s.Q * s.K && ostride[0] == s.P * s.Q * s.K;
+  IGemmArgs<T> args;
+  args.ntaps = RS;
+  args.kc = Cg;
+  args.b_off = b_off.data();
+  args.panel_stride = panel_stride;
+  args.nv = nv;
+  args.ncols = Kg;
+  args.c_cstride = ok;
+  args.ep.act = act;
+  for_each_tile<T>(
+      tiles, mc, RS, gsplit * psplit,
+      [&](int64_t tile, const T** a, T** c) {
+        const int64_t rows = std::min(mc, M - tile * mc);
+        if (!dense) build(tile * mc, rows, a, c);
+        return rows;
+      },
+      [&](int64_t tile, int64_t split, int64_t rows, const T** a, T** c) {
+        const int64_t gs = split / psplit, ps = split % psplit;
+        IGemmArgs<T> part = args;
+        if (dense) {
+          part.a_dense = xp + tile * mc * s.C;
+          part.lda = s.C;
+          part.c_dense = op + tile * mc * s.K;
+          part.ldc = s.K;
+        } else {
+          part.a = a;
+          part.c = c;
         }
-        built = tile;
-      }
-      IGemmArgs<T> args;
-      args.a = a.data();
-      args.m = rows;
-      args.ntaps = RS;
-      args.kc = Cg;
-      args.b_off = b_off.data();
-      args.panel_stride = panel_stride;
-      args.nv = nv;
-      args.p_begin = ps * npanels / psplit;
-      args.p_end = (ps + 1) * npanels / psplit;
-      args.ncols = Kg;
-      args.c = c.data();
-      args.c_cstride = ok;
-      args.ep.act = act;
-      for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
-        args.a_off = g * Cg;
-        args.b = wp.data() + g * gstride;
-        args.c_off = g * Kg * ok;
-        args.ep.bias = bias_p.empty() ? nullptr : bias_p.data() + g * kpad;
-        args.ep.scale = scale_p.empty() ? nullptr : scale_p.data() + g * kpad;
-        args.ep.shift = shift_p.empty() ? nullptr : shift_p.data() + g * kpad;
-        isa.igemm(args);
-      }
-    }
-  });
+        part.m = rows;
+        part.p_begin = ps * npanels / psplit;
+        part.p_end = (ps + 1) * npanels / psplit;
+        for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
+          part.a_off = g * Cg;
+          part.b = wp.data() + g * gstride;
+          part.c_off = g * Kg * ok;
+          part.ep.bias = bias_p.empty() ? nullptr : bias_p.data() + g * kpad;
+          part.ep.scale = scale_p.empty() ? nullptr : scale_p.data() + g * kpad;
+          part.ep.shift = shift_p.empty() ? nullptr : shift_p.data() + g * kpad;
+          isa.igemm(part);
+        }
+      });
 }
 
 // ---------------------------------------------------------------------------
@@ -178,22 +298,140 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
 // taps: a stride-2 grad_input does 1/4 of the dense work, not all of it.
 struct ResidueClass {
   int64_t ah, aw, hc, wc, rows, first_tile;
-  std::vector<int64_t> taps, b_off;
+  std::vector<int64_t> taps;
 };
+
+std::vector<ResidueClass> residue_classes(const Conv2dShape& s, int64_t mc, int64_t& tiles) {
+  std::vector<ResidueClass> classes;
+  tiles = 0;
+  for (int64_t ah = 0; ah < std::min(s.stride_h, s.H); ++ah)
+    for (int64_t aw = 0; aw < std::min(s.stride_w, s.W); ++aw) {
+      ResidueClass rc;
+      rc.ah = ah;
+      rc.aw = aw;
+      rc.hc = ceil_div(s.H - ah, s.stride_h);
+      rc.wc = ceil_div(s.W - aw, s.stride_w);
+      rc.rows = s.N * rc.hc * rc.wc;
+      rc.first_tile = tiles;
+      for (int64_t kr = 0; kr < s.R; ++kr)
+        for (int64_t ks = 0; ks < s.S; ++ks)
+          if (conv_tap_hits_residue(ah, kr, s.stride_h, s.pad_h, s.dil_h) &&
+              conv_tap_hits_residue(aw, ks, s.stride_w, s.pad_w, s.dil_w))
+            rc.taps.push_back(kr * s.S + ks);
+      tiles += ceil_div(rc.rows, mc);
+      classes.push_back(std::move(rc));
+    }
+  return classes;
+}
+
+const ResidueClass& class_of_tile(const std::vector<ResidueClass>& classes, int64_t tile) {
+  size_t ci = 0;
+  while (ci + 1 < classes.size() && classes[ci + 1].first_tile <= tile) ++ci;
+  return classes[ci];
+}
+
+// grad_input indirection for one tile of one residue class: the input-pixel
+// output pointers and, per tap of the class, the grad_output pixel it reads.
+// Within a class the transposed index is division-free: input row
+// h = ah + hi * stride reads output row hi + (ah + pad - r * dil) / stride.
+template <typename T>
+int64_t build_grad_input_rows(const Conv2dShape& s, const ResidueClass& rc, int64_t mc, int64_t tile,
+                              const T* dyp, T* dxp, const int64_t* xstride, const T* zeros, const T** a, T** c) {
+  const int64_t nt = int64_t(rc.taps.size());
+  const int64_t r0 = (tile - rc.first_tile) * mc, rows = std::min(mc, rc.rows - r0);
+  int64_t dp[64], dq[64];  // per-tap output-row/column offsets (nt <= R*S is small in practice)
+  std::vector<int64_t> big;
+  int64_t* offp = dp;
+  int64_t* offq = dq;
+  if (nt > 64) {
+    big.resize(2 * nt);
+    offp = big.data();
+    offq = big.data() + nt;
+  }
+  for (int64_t j = 0; j < nt; ++j) {
+    offp[j] = (rc.ah + s.pad_h - (rc.taps[j] / s.S) * s.dil_h) / s.stride_h;
+    offq[j] = (rc.aw + s.pad_w - (rc.taps[j] % s.S) * s.dil_w) / s.stride_w;
+  }
+  int64_t n = r0 / (rc.hc * rc.wc), hi = (r0 % (rc.hc * rc.wc)) / rc.wc, wi = r0 % rc.wc;
+  for (int64_t i = 0; i < rows; ++i) {
+    c[i] = dxp + n * xstride[0] + (rc.ah + hi * s.stride_h) * xstride[2] + (rc.aw + wi * s.stride_w) * xstride[3];
+    const T* dyn = dyp + n * s.P * s.Q * s.K;
+    for (int64_t j = 0; j < nt; ++j) {
+      const int64_t p = hi + offp[j], q = wi + offq[j];
+      a[i * nt + j] = (p >= 0 && p < s.P && q >= 0 && q < s.Q) ? dyn + (p * s.Q + q) * s.K : zeros;
+    }
+    if (++wi == rc.wc) {
+      wi = 0;
+      if (++hi == rc.hc) {
+        hi = 0;
+        ++n;
+      }
+    }
+  }
+  return rows;
+}
 
 template <typename T>
 void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dShape& s, at::Tensor& dx) {
   const IsaKernels& isa = isa_kernels();
   const int lanes = isa.lanes<T>();
-  const GroupPlan gp = plan_groups(s, s.cin_per_group(), lanes);
-  const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg, RS = s.taps();
+  const int64_t RS = s.taps(), Cg_o = s.cin_per_group(), Kg_o = s.cout_per_group();
+  const T* ws = w.data_ptr<T>();
+  const T* dyp = dy.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  const int64_t xstride[4] = {dx.stride(0), dx.stride(1), dx.stride(2), dx.stride(3)};
+  const int64_t sc = xstride[1];
+  const std::vector<T> zeros(s.K, T(0));
+
+  // The transposed problem: columns are input channels, the reduction runs
+  // over output channels. Its group-vectorised form swaps Cin/g and Cout/g.
+  if (use_gconv(s.groups, Kg_o, Cg_o, lanes)) {
+    const int64_t nvb = ceil_div(s.C, lanes);
+    // Column ci (group ci / Cg): weights of the group's output channels k.
+    const std::vector<T> wp = pack_gconv_weight<T>(s.C, RS, Kg_o, lanes, [&](int64_t ci, int64_t k, int64_t t) {
+      return ws[((ci / Cg_o * Kg_o + k) * Cg_o + ci % Cg_o) * RS + t];
+    });
+    const int64_t mc = rows_per_tile(RS * 2 * lanes, sizeof(T), 12);
+    int64_t tiles;
+    const std::vector<ResidueClass> classes = residue_classes(s, mc, tiles);
+    int64_t vsplit, unused;
+    split_columns(tiles, nvb, 1, vsplit, unused);
+    for_each_tile<T>(
+        tiles, mc, RS, vsplit,
+        [&](int64_t tile, const T** a, T** c) {
+          return build_grad_input_rows<T>(s, class_of_tile(classes, tile), mc, tile, dyp, dxp, xstride,
+                                          zeros.data(), a, c);
+        },
+        [&](int64_t tile, int64_t split, int64_t rows, const T** a, T** c) {
+          const ResidueClass& rc = class_of_tile(classes, tile);
+          GConvArgs<T> args;
+          args.a = a;
+          args.m = rows;
+          args.ntaps = int64_t(rc.taps.size());
+          args.wtaps = RS;
+          args.tap_index = rc.taps.data();
+          args.cg = Kg_o;
+          args.kg = Cg_o;
+          args.channels = s.K;
+          args.w = wp.data();
+          args.ncols = s.C;
+          args.c = c;
+          args.c_cstride = sc;
+          args.vb_begin = split * nvb / vsplit;
+          args.vb_end = (split + 1) * nvb / vsplit;
+          isa.gconv(args);
+        });
+    return;
+  }
+
+  const GroupPlan gp = plan_groups(s, Cg_o, lanes);
+  const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg;
   const int nv = choose_nv(Cg, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Cg, nr);
   const int64_t panel_stride = RS * Kg * nr, gstride = npanels * panel_stride;
 
   // Transposed weight panels: [super-group][panel over Cin][tap][Cout][nr].
   std::vector<T> wp(G * gstride, T(0));
-  const T* ws = w.data_ptr<T>();
   at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
       const int64_t g = item / npanels, p = item % npanels;
@@ -208,85 +446,44 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
       }
     }
   });
-  const std::vector<T> zeros(s.K, T(0));
 
-  const int mr = isa.mr(nv);
-  const int64_t mc = rows_per_tile(RS * Kg, sizeof(T), mr);
-  std::vector<ResidueClass> classes;
-  int64_t tiles = 0;
-  for (int64_t ah = 0; ah < std::min(s.stride_h, s.H); ++ah)
-    for (int64_t aw = 0; aw < std::min(s.stride_w, s.W); ++aw) {
-      ResidueClass rc;
-      rc.ah = ah;
-      rc.aw = aw;
-      rc.hc = ceil_div(s.H - ah, s.stride_h);
-      rc.wc = ceil_div(s.W - aw, s.stride_w);
-      rc.rows = s.N * rc.hc * rc.wc;
-      rc.first_tile = tiles;
-      for (int64_t kr = 0; kr < s.R; ++kr)
-        for (int64_t ks = 0; ks < s.S; ++ks)
-          if (conv_tap_hits_residue(ah, kr, s.stride_h, s.pad_h, s.dil_h) &&
-              conv_tap_hits_residue(aw, ks, s.stride_w, s.pad_w, s.dil_w)) {
-            rc.b_off.push_back((kr * s.S + ks) * Kg * nr);
-            rc.taps.push_back(kr * s.S + ks);
-          }
-      tiles += ceil_div(rc.rows, mc);
-      classes.push_back(std::move(rc));
-    }
+  const int64_t mc = rows_per_tile(RS * Kg, sizeof(T), isa.mr(nv));
+  int64_t tiles;
+  const std::vector<ResidueClass> classes = residue_classes(s, mc, tiles);
+  std::vector<std::vector<int64_t>> b_offs(classes.size());
+  for (size_t i = 0; i < classes.size(); ++i)
+    for (int64_t t : classes[i].taps) b_offs[i].push_back(t * Kg * nr);
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
-
-  const T* dyp = dy.data_ptr<T>();
-  T* dxp = dx.data_ptr<T>();
-  const int64_t sn = dx.stride(0), sc = dx.stride(1), sh = dx.stride(2), sw = dx.stride(3);
-
-  at::parallel_for(0, tiles * gsplit * psplit, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> a(mc * RS);
-    std::vector<T*> c(mc);
-    int64_t built = -1;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t tile = item / (gsplit * psplit), rest = item % (gsplit * psplit);
-      const int64_t gs = rest / psplit, ps = rest % psplit;
-      size_t ci = 0;
-      while (ci + 1 < classes.size() && classes[ci + 1].first_tile <= tile) ++ci;
-      const ResidueClass& rc = classes[ci];
-      const int64_t nt = int64_t(rc.taps.size());
-      const int64_t r0 = (tile - rc.first_tile) * mc, rows = std::min(mc, rc.rows - r0);
-      if (tile != built) {
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t r = r0 + i, n = r / (rc.hc * rc.wc), hw = r % (rc.hc * rc.wc);
-          const int64_t h = rc.ah + (hw / rc.wc) * s.stride_h, wi = rc.aw + (hw % rc.wc) * s.stride_w;
-          c[i] = dxp + n * sn + h * sh + wi * sw;
-          for (int64_t j = 0; j < nt; ++j) {
-            const int64_t kr = rc.taps[j] / s.S, ks = rc.taps[j] % s.S;
-            const int64_t p = conv_out_coord(h, kr, s.stride_h, s.pad_h, s.dil_h, s.P);
-            const int64_t q = conv_out_coord(wi, ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
-            a[i * nt + j] = (p >= 0 && q >= 0) ? dyp + ((n * s.P + p) * s.Q + q) * s.K : zeros.data();
-          }
+  for_each_tile<T>(
+      tiles, mc, RS, gsplit * psplit,
+      [&](int64_t tile, const T** a, T** c) {
+        return build_grad_input_rows<T>(s, class_of_tile(classes, tile), mc, tile, dyp, dxp, xstride,
+                                        zeros.data(), a, c);
+      },
+      [&](int64_t tile, int64_t split, int64_t rows, const T** a, T** c) {
+        const ResidueClass& rc = class_of_tile(classes, tile);
+        const int64_t gs = split / psplit, ps = split % psplit;
+        IGemmArgs<T> args;
+        args.a = a;
+        args.m = rows;
+        args.ntaps = int64_t(rc.taps.size());
+        args.kc = Kg;
+        args.b_off = b_offs[&rc - classes.data()].data();
+        args.panel_stride = panel_stride;
+        args.nv = nv;
+        args.p_begin = ps * npanels / psplit;
+        args.p_end = (ps + 1) * npanels / psplit;
+        args.ncols = Cg;
+        args.c = c;
+        args.c_cstride = sc;
+        for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
+          args.a_off = g * Kg;
+          args.b = wp.data() + g * gstride;
+          args.c_off = g * Cg * sc;
+          isa.igemm(args);
         }
-        built = tile;
-      }
-      IGemmArgs<T> args;
-      args.a = a.data();
-      args.m = rows;
-      args.ntaps = nt;
-      args.kc = Kg;
-      args.b_off = rc.b_off.data();
-      args.panel_stride = panel_stride;
-      args.nv = nv;
-      args.p_begin = ps * npanels / psplit;
-      args.p_end = (ps + 1) * npanels / psplit;
-      args.ncols = Cg;
-      args.c = c.data();
-      args.c_cstride = sc;
-      for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
-        args.a_off = g * Kg;
-        args.b = wp.data() + g * gstride;
-        args.c_off = g * Cg * sc;
-        isa.igemm(args);
-      }
-    }
-  });
+      });
 }
 
 // ---------------------------------------------------------------------------

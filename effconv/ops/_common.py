@@ -46,12 +46,20 @@ def new_output(size: Sequence, like: torch.Tensor, memory_format=torch.contiguou
     return out
 
 
+def _suggests_channels_last(t: torch.Tensor) -> bool:
+    if t.dim() != 4:
+        return False
+    if t.is_contiguous():  # also true for ambiguous layouts (C == 1, H == W == 1): PyTorch says contiguous
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return suggest_memory_format(t) == torch.channels_last  # strided views: PyTorch's stride-order rule
+
+
 def conv_memory_format(input: torch.Tensor, weight: torch.Tensor | None = None):
     """PyTorch's rule for a convolution's output layout: channels_last when
     the input or the weight suggests it (mkldnn_conv_use_channels_last)."""
-    if suggest_memory_format(input) == torch.channels_last:
-        return torch.channels_last
-    if weight is not None and suggest_memory_format(weight) == torch.channels_last:
+    if _suggests_channels_last(input) or (weight is not None and _suggests_channels_last(weight)):
         return torch.channels_last
     return torch.contiguous_format
 

@@ -84,36 +84,36 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups, scale, 
 # --------------------------------------------------------------------------
 # Backends
 
-def _cpu_check(call: backends.Call):
-    if call.device.type != "cpu":
+def cpu_check(device_type, dtype):
+    if device_type != "cpu":
         return "the C++ CPU kernels take CPU tensors"
     if not _ext.available():
         return _ext.why_unavailable()
     return None
 
 
-def _triton_check(call: backends.Call):
+def triton_check(device_type, dtype):
     ok, why = backends.triton_status()
     if not ok:
         return why
-    if call.device.type == "cpu":
+    if device_type == "cpu":
         if not backends.triton_interpreting():
             return "CPU tensors run Triton kernels only under TRITON_INTERPRET=1"
-        if call.dtype == torch.bfloat16:
+        if dtype == torch.bfloat16:
             return "the Triton interpreter has no bfloat16 tl.dot"
-    elif call.device.type != "cuda":
-        return f"Triton kernels do not run on {call.device.type} tensors"
+    elif device_type != "cuda":
+        return f"Triton kernels do not run on {device_type} tensors"
     return None
 
 
-def _cuda_check(call: backends.Call):
+def _cuda_check(device_type, dtype):
     return "conv2d's GPU kernels are written in Triton; it has no CUDA C++ kernel"
 
 
 def _table(op: str) -> backends.OpBackends:
     return backends.OpBackends(
         op,
-        checks={"cpu": _cpu_check, "triton": _triton_check, "cuda": _cuda_check, "torch": lambda call: None},
+        checks={"cpu": cpu_check, "triton": triton_check, "cuda": _cuda_check, "torch": lambda d, t: None},
         auto_order={"cpu": ("cpu", "triton", "torch"), "cuda": ("triton", "torch")},
         auto_reason={"cpu": "auto: C++ kernels for CPU tensors", "cuda": "auto: Triton kernels for CUDA tensors"},
     )
@@ -132,8 +132,9 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
     return kind + (f", groups={groups}" if groups > 1 else "")
 
 
-def _call(op, t, weight_size, stride, padding, dilation, groups):
-    return backends.Call(op, t.device, t.dtype, kernel_name(weight_size, stride, padding, dilation, groups))
+def _choose(op, t, weight_size, stride, padding, dilation, groups) -> str:
+    return backends.choose(TABLES[op], t.device, t.dtype,
+                           lambda: kernel_name(weight_size, stride, padding, dilation, groups))
 
 
 def _kernels():
@@ -168,20 +169,22 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, scale=N
     return c.empty((input.shape[0], weight.shape[0], p, q), input, c.conv_memory_format(input, weight))
 
 
-@torch.library.register_kernel("effconv::conv2d", ("cpu", "cuda"))
-def _conv2d_impl(input, weight, bias, stride, padding, dilation, groups, scale=None, shift=None, activation="none"):
+def conv2d_impl(input, weight, bias, stride, padding, dilation, groups, scale=None, shift=None, activation="none"):
     p, q = check_conv2d(input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)
     out = c.new_output((input.shape[0], weight.shape[0], p, q), input, c.conv_memory_format(input, weight))
     act = c.ACTIVATIONS[activation]
-    choice = backends.choose(TABLES["conv2d"], _call("conv2d", input, weight.shape, stride, padding, dilation, groups))
-    if choice.backend == "cpu":
+    backend = _choose("conv2d", input, weight.shape, stride, padding, dilation, groups)
+    if backend == "cpu":
         _ext.C().conv2d_forward_cpu(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out)
-    elif choice.backend == "triton":
+    elif backend == "triton":
         _kernels().forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out)
     else:
         z = F.conv2d(input, weight, None, stride, padding, dilation, groups)
         out.copy_(reference_epilogue(z, bias, scale, shift, activation))
     return out
+
+
+torch.library.register_kernel("effconv::conv2d", ("cpu", "cuda"), conv2d_impl)
 
 
 def _conv2d_setup(ctx, inputs, output):
@@ -263,21 +266,20 @@ def _grad_input_fake(grad_output, weight, input_size, stride, padding, dilation,
     return c.empty(input_size, grad_output, c.conv_memory_format(grad_output))
 
 
-@torch.library.register_kernel("effconv::conv2d_grad_input", ("cpu", "cuda"))
 def _grad_input_impl(grad_output, weight, input_size, stride, padding, dilation, groups):
     _check_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups)
     out = c.new_output(input_size, grad_output, c.conv_memory_format(grad_output))
-    choice = backends.choose(
-        TABLES["conv2d_grad_input"],
-        _call("conv2d_grad_input", grad_output, weight.shape, stride, padding, dilation, groups),
-    )
-    if choice.backend == "cpu":
+    backend = _choose("conv2d_grad_input", grad_output, weight.shape, stride, padding, dilation, groups)
+    if backend == "cpu":
         _ext.C().conv2d_grad_input_cpu(grad_output, weight, stride, padding, dilation, groups, out)
-    elif choice.backend == "triton":
+    elif backend == "triton":
         _kernels().grad_input(grad_output, weight, stride, padding, dilation, groups, out)
     else:
         out.copy_(torch.nn.grad.conv2d_input(list(input_size), weight, grad_output, stride, padding, dilation, groups))
     return out
+
+
+torch.library.register_kernel("effconv::conv2d_grad_input", ("cpu", "cuda"), _grad_input_impl)
 
 
 def _grad_input_setup(ctx, inputs, output):
@@ -330,20 +332,16 @@ def _grad_weight_fake(grad_output, input, weight_size, stride, padding, dilation
     return grad_output.new_empty(weight_size), grad_output.new_empty((weight_size[0],))
 
 
-@torch.library.register_kernel("effconv::conv2d_grad_weight", ("cpu", "cuda"))
 def _grad_weight_impl(grad_output, input, weight_size, stride, padding, dilation, groups):
     _check_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups)
     grad_weight = c.new_output(weight_size, grad_output)
     grad_bias = c.new_output((weight_size[0],), grad_output)
-    choice = backends.choose(
-        TABLES["conv2d_grad_weight"],
-        _call("conv2d_grad_weight", grad_output, weight_size, stride, padding, dilation, groups),
-    )
-    if choice.backend == "cpu":
+    backend = _choose("conv2d_grad_weight", grad_output, weight_size, stride, padding, dilation, groups)
+    if backend == "cpu":
         _ext.C().conv2d_grad_weight_cpu(
             grad_output, input, stride, padding, dilation, groups, grad_weight, grad_bias
         )
-    elif choice.backend == "triton":
+    elif backend == "triton":
         _kernels().grad_weight(grad_output, input, stride, padding, dilation, groups, grad_weight, grad_bias)
     else:
         grad_weight.copy_(
@@ -351,6 +349,9 @@ def _grad_weight_impl(grad_output, input, weight_size, stride, padding, dilation
         )
         grad_bias.copy_(grad_output.sum((0, 2, 3)))
     return grad_weight, grad_bias
+
+
+torch.library.register_kernel("effconv::conv2d_grad_weight", ("cpu", "cuda"), _grad_weight_impl)
 
 
 def _grad_weight_setup(ctx, inputs, output):

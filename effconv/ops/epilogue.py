@@ -13,7 +13,7 @@ import torch
 
 from effconv import _ext, backends
 from effconv.ops import _common as c
-from effconv.ops.conv2d import _triton_check, reference_epilogue
+from effconv.ops.conv2d import cpu_check, reference_epilogue, triton_check
 
 OP = "epilogue"
 
@@ -34,14 +34,8 @@ def _check(input, bias, scale, shift, activation):
     c.activation_code(OP, activation)
 
 
-def _cpu_check(call):
-    if call.device.type != "cpu":
-        return "the C++ CPU kernels take CPU tensors"
-    return None if _ext.available() else _ext.why_unavailable()
-
-
-def _cuda_check(call):
-    if call.device.type != "cuda":
+def _cuda_check(device_type, dtype):
+    if device_type != "cuda":
         return "the CUDA C++ kernels take CUDA tensors"
     if not _ext.with_cuda():
         return "effconv._C was built without CUDA kernels"
@@ -50,7 +44,7 @@ def _cuda_check(call):
 
 TABLE = backends.OpBackends(
     OP,
-    checks={"cpu": _cpu_check, "cuda": _cuda_check, "triton": _triton_check, "torch": lambda call: None},
+    checks={"cpu": cpu_check, "cuda": _cuda_check, "triton": triton_check, "torch": lambda d, t: None},
     auto_order={"cpu": ("cpu", "torch"), "cuda": ("triton", "cuda", "torch")},
     auto_reason={"cpu": "auto: C++ kernels for CPU tensors", "cuda": "auto: Triton kernels for CUDA tensors"},
 )
@@ -68,17 +62,16 @@ def _fake(input, bias=None, scale=None, shift=None, activation="none"):
     return c.empty(input.shape, input, _layout(input))
 
 
-@torch.library.register_kernel("effconv::epilogue", ("cpu", "cuda"))
-def _impl(input, bias=None, scale=None, shift=None, activation="none"):
+def epilogue_impl(input, bias=None, scale=None, shift=None, activation="none"):
     _check(input, bias, scale, shift, activation)
     out = c.new_output(input.shape, input, _layout(input))
     act = c.ACTIVATIONS[activation]
-    choice = backends.choose(TABLE, backends.Call(OP, input.device, input.dtype, "elementwise"))
-    if choice.backend == "cpu":
+    backend = backends.choose(TABLE, input.device, input.dtype, lambda: "elementwise")
+    if backend == "cpu":
         _ext.C().epilogue_cpu(input, bias, scale, shift, act, out)
-    elif choice.backend == "cuda":
+    elif backend == "cuda":
         _ext.C().epilogue_cuda(input, bias, scale, shift, act, out)
-    elif choice.backend == "triton":
+    elif backend == "triton":
         from effconv.kernels import epilogue as k
 
         k.epilogue(input, bias, scale, shift, act, out)
@@ -90,6 +83,9 @@ def _impl(input, bias=None, scale=None, shift=None, activation="none"):
                 z = f(z, v.to(z.dtype).view(view))
         out.copy_(reference_epilogue(z, None, None, None, activation))
     return out
+
+
+torch.library.register_kernel("effconv::epilogue", ("cpu", "cuda"), epilogue_impl)
 
 
 def _setup(ctx, inputs, output):

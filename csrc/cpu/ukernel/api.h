@@ -31,7 +31,12 @@ struct EpilogueArgs {
 // b + p * panel_stride + b_off[t] and holds kc rows of nr values.
 template <typename T>
 struct IGemmArgs {
+  // Row i's tap-t operand: a[i * ntaps + t] + a_off, or, when a is null (a
+  // 1x1 convolution over a dense channels_last tensor: no indirection to
+  // build), a_dense + i * lda + a_off.
   const T* const* a = nullptr;
+  const T* a_dense = nullptr;
+  int64_t lda = 0;
   int64_t a_off = 0;
   int64_t m = 0;
   int64_t ntaps = 0;
@@ -44,7 +49,11 @@ struct IGemmArgs {
   int64_t p_begin = 0, p_end = 0;  // panel range computed by this call
   int64_t ncols = 0;               // valid columns over all panels
 
-  T* const* c = nullptr;  // row pointers; column j of row i is c[i][c_off + j * c_cstride]
+  // Row pointers: column j of row i is c[i][c_off + j * c_cstride]; when c
+  // is null, row i starts at c_dense + i * ldc.
+  T* const* c = nullptr;
+  T* c_dense = nullptr;
+  int64_t ldc = 0;
   int64_t c_off = 0;
   int64_t c_cstride = 1;
 
@@ -74,6 +83,36 @@ struct WGemmArgs {
   T* dw = nullptr;  // [ntaps * cg][npanels * nr], accumulated into
 };
 
+// Grouped convolution with few channels per group, vectorised across
+// groups: one vector of L output channels covers gs = L / kg whole groups,
+// whose gs * cg input channels (the span, at most 2L) are loaded once per
+// pixel and tap; lane j takes input channel (j / kg) * cg + c through a
+// register permute. Every multiply-add is useful, where padding or a
+// block-diagonal GEMM would do gs times the work.
+//
+//   C[i, vb*L + j] = epilogue( sum_t sum_c X[i, t][vb*span + (j/kg)*cg + c] * w[vb][t][c][j] )
+//
+// X[i, t] = a[i * ntaps + t] (+ a_off): a pixel's channels (or zeros).
+template <typename T>
+struct GConvArgs {
+  const T* const* a = nullptr;
+  int64_t a_off = 0;
+  int64_t m = 0;
+  int64_t ntaps = 0;
+  int64_t cg = 0;        // reduction channels per group
+  int64_t kg = 0;        // output channels per group; divides the lane count
+  int64_t channels = 0;  // channels per input pixel (bounds the span loads)
+  const T* w = nullptr;  // packed [vb][wtaps][cg][L]
+  int64_t wtaps = 0;     // taps in the packed weights
+  const int64_t* tap_index = nullptr;  // packed tap of call tap t (null: t itself)
+  int64_t vb_begin = 0, vb_end = 0;
+  int64_t ncols = 0;     // valid output channels over all vector blocks
+  T* const* c = nullptr;
+  int64_t c_off = 0;
+  int64_t c_cstride = 1;
+  EpilogueArgs<T> ep;    // padded to a whole number of vectors
+};
+
 // Row-wise standalone epilogue over `rows` vectors of `cols` contiguous
 // channels (channels_last), or over `rows` planes of `cols` pixels sharing
 // one channel each (NCHW, channel = row % channels).
@@ -89,10 +128,13 @@ struct EpilogueMapArgs {
   EpilogueArgs<T> ep;     // indexed by channel; unpadded
 };
 
-// Rows per microkernel call for nv accumulator vectors per row: as many as
-// the register file holds next to nv B vectors and one broadcast.
+// Rows per microkernel call for nv accumulator vectors per row. Two limits:
+// vector registers (mr * nv accumulators + nv B vectors) and general-purpose
+// registers: every row has its own A pointer, and x86-64 has ~13 left for
+// them; more rows reload pointers from the stack on every k step and the
+// kernel turns load-bound (measured: 24 rows ran at ~60% of 12 rows' rate).
 constexpr int ukernel_mr(int regs, int nv) {
-  return regs >= 32 ? (nv == 1 ? 24 : nv == 2 ? 14 : nv == 3 ? 8 : 6)
+  return regs >= 32 ? (nv <= 2 ? 12 : nv == 3 ? 8 : 6)
                     : (nv == 1 ? 12 : nv == 2 ? 6 : nv == 3 ? 4 : 2);
 }
 
@@ -107,6 +149,8 @@ struct IsaKernels {
   void (*wgemm_f64)(const WGemmArgs<double>&);
   void (*epilogue_f32)(const EpilogueMapArgs<float>&);
   void (*epilogue_f64)(const EpilogueMapArgs<double>&);
+  void (*gconv_f32)(const GConvArgs<float>&);
+  void (*gconv_f64)(const GConvArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -119,6 +163,8 @@ struct IsaKernels {
   void wgemm(const WGemmArgs<double>& a) const { wgemm_f64(a); }
   void epilogue(const EpilogueMapArgs<float>& a) const { epilogue_f32(a); }
   void epilogue(const EpilogueMapArgs<double>& a) const { epilogue_f64(a); }
+  void gconv(const GConvArgs<float>& a) const { gconv_f32(a); }
+  void gconv(const GConvArgs<double>& a) const { gconv_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;
@@ -132,14 +178,15 @@ const IsaKernels& isa_kernels();
 // Testing hook: force "avx512" | "avx2" | "baseline"; returns false if this CPU lacks it.
 bool set_isa(const char* name);
 
-// Panel width choice: nv vectors per panel. Fewer padded columns wins; the
-// single-vector panel is discounted because its broadcast-bound microkernel
-// runs ~20% slower than the two-vector one (measured on Zen 5, AVX-512).
+// Panel width choice: nv vectors per panel. Fewer padded columns wins, then
+// wider panels: every panel re-reads the rows' A operands, which costs most
+// when the reduction is short (1x1 layers with 16-64 input channels ran
+// 15-25% faster with one 64-wide panel than two 32-wide ones on Zen 5).
 inline int choose_nv(int64_t ncols, int lanes) {
-  static const double kEfficiency[5] = {0.0, 0.78, 1.0, 1.0, 0.97};
-  int best = 2;
+  static const double kEfficiency[5] = {0.0, 0.78, 0.93, 0.97, 1.0};
+  int best = 4;
   double best_cost = 1e300;
-  for (int nv : {2, 1, 3, 4}) {
+  for (int nv : {4, 3, 2, 1}) {
     const int64_t nr = int64_t(nv) * lanes;
     const int64_t padded = (ncols + nr - 1) / nr * nr;
     const double cost = double(padded) / kEfficiency[nv];

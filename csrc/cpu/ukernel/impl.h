@@ -19,12 +19,27 @@ namespace cpu {
 namespace {
 
 template <typename T>
+struct IntOfSize;
+template <>
+struct IntOfSize<float> {
+  typedef int32_t type;
+};
+template <>
+struct IntOfSize<double> {
+  typedef int64_t type;
+};
+
+template <typename T>
 struct VecTraits {
   typedef T V __attribute__((vector_size(EFFCONV_VEC_BYTES)));
+  typedef typename IntOfSize<T>::type I;
+  typedef I IV __attribute__((vector_size(EFFCONV_VEC_BYTES)));  // lane indices for __builtin_shuffle
   static constexpr int L = EFFCONV_VEC_BYTES / int(sizeof(T));
 };
 template <typename T>
 using vec_t = typename VecTraits<T>::V;
+template <typename T>
+using ivec_t = typename VecTraits<T>::IV;
 
 template <typename T>
 inline vec_t<T> vload(const T* p) {
@@ -135,6 +150,37 @@ constexpr int kMr4 = ukernel_mr(EFFCONV_VEC_REGS, 4);
 // Indirect GEMM: MR rows x NV vectors of accumulators live in registers for
 // the whole reduction (all taps, all kc); the epilogue runs on them before
 // the single store, so the output is written exactly once.
+template <typename T>
+inline const T* a_row(const IGemmArgs<T>& g, int64_t i, int64_t t) {
+  return (g.a ? g.a[i * g.ntaps + t] : g.a_dense + i * g.lda) + g.a_off;
+}
+template <typename T>
+inline T* c_row(const IGemmArgs<T>& g, int64_t i) {
+  return (g.c ? g.c[i] : g.c_dense + i * g.ldc) + g.c_off;
+}
+
+// Partial blocks (last rows, last panel, strided output) index the
+// accumulators at run time. Out of line, so only this path pays for moving
+// them through memory.
+template <typename T, int MR, int NV>
+__attribute__((noinline)) void igemm_store_partial(const IGemmArgs<T>& g, const vec_t<T> (&acc)[MR][NV], int64_t i0,
+                                                   int64_t mv, int64_t col0) {
+  constexpr int L = VecTraits<T>::L;
+  for (int64_t i = 0; i < mv; ++i) {
+    T* crow = c_row(g, i0 + i);
+    for (int v = 0; v < NV; ++v) {
+      const int64_t col = col0 + v * L;
+      if (col >= g.ncols) break;
+      const vec_t<T> z = apply_epilogue<T>(acc[i][v], g.ep, col);
+      const int64_t nvalid = g.ncols - col;
+      if (g.c_cstride == 1 && nvalid >= L)
+        vstore(crow + col, z);
+      else
+        vstore_n(crow + col * g.c_cstride, z, nvalid < L ? nvalid : L, g.c_cstride);
+    }
+  }
+}
+
 template <typename T, int MR, int NV>
 void igemm_nv(const IGemmArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
@@ -149,11 +195,20 @@ void igemm_nv(const IGemmArgs<T>& g) {
       for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = vec_t<T>{};
+      // Pull the next block's rows toward L1 while this block computes: for
+      // 1x1 convolutions every row is a cold stream from L2/L3.
+      if (g.ntaps == 1 && p == g.p_begin && i0 + MR < g.m) {
+        const int64_t next = g.m - i0 - MR < MR ? g.m - i0 - MR : MR;
+        for (int64_t i = 0; i < next; ++i) {
+          const char* row = reinterpret_cast<const char*>(a_row(g, i0 + MR + i, 0));
+          for (int64_t off = 0; off < g.kc * int64_t(sizeof(T)); off += 64) __builtin_prefetch(row + off);
+        }
+      }
       for (int64_t t = 0; t < g.ntaps; ++t) {
         const T* ap[MR];
         // Rows past the end repeat the last row: always valid memory, never stored.
 #pragma GCC unroll 32
-        for (int i = 0; i < MR; ++i) ap[i] = g.a[(i0 + (i < mv ? i : mv - 1)) * g.ntaps + t] + g.a_off;
+        for (int i = 0; i < MR; ++i) ap[i] = a_row(g, i0 + (i < mv ? i : mv - 1), t);
         const T* bt = bp + g.b_off[t];
         for (int64_t k = 0; k < g.kc; ++k) {
           vec_t<T> bv[NV];
@@ -167,20 +222,31 @@ void igemm_nv(const IGemmArgs<T>& g) {
           }
         }
       }
-      for (int64_t i = 0; i < mv; ++i) {
-        T* crow = g.c[i0 + i] + g.c_off;
+      // Full blocks of full panels store from registers with compile-time
+      // indices; a runtime row bound would force every accumulator through
+      // the stack first.
+      if (mv == MR && col0 + NR <= g.ncols && g.c_cstride == 1) {
+        vec_t<T> ep_bias[NV], ep_scale[NV], ep_shift[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
-          const int64_t col = col0 + v * L;
-          if (col >= g.ncols) break;
-          const vec_t<T> z = apply_epilogue<T>(acc[i][v], g.ep, col);
-          const int64_t nvalid = g.ncols - col;
-          if (g.c_cstride == 1 && nvalid >= L)
-            vstore(crow + col, z);
-          else
-            vstore_n(crow + col * g.c_cstride, z, nvalid < L ? nvalid : L, g.c_cstride);
+          ep_bias[v] = g.ep.bias ? vload(g.ep.bias + col0 + v * L) : vec_t<T>{};
+          ep_scale[v] = g.ep.scale ? vload(g.ep.scale + col0 + v * L) : vsplat<T>(1);
+          ep_shift[v] = g.ep.shift ? vload(g.ep.shift + col0 + v * L) : vec_t<T>{};
         }
+        const bool affine = g.ep.scale || g.ep.shift;
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; ++i) {
+          T* crow = c_row(g, i0 + i) + col0;
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) {
+            vec_t<T> z = acc[i][v] + ep_bias[v];
+            if (affine) z = z * ep_scale[v] + ep_shift[v];
+            vstore(crow + v * L, activate<T>(z, g.ep.act));
+          }
+        }
+        continue;
       }
+      igemm_store_partial<T, MR, NV>(g, acc, i0, mv, col0);
     }
   }
 }
@@ -271,6 +337,82 @@ void wgemm(const WGemmArgs<T>& g) {
 }
 
 // ---------------------------------------------------------------------------
+// Grouped convolution vectorised across groups (see GConvArgs). Per pixel
+// and tap the span is loaded once; each input channel c of a group then
+// costs one register permute and one FMA for L output channels.
+constexpr int kGconvMr = EFFCONV_VEC_REGS >= 32 ? 12 : 4;
+
+template <typename T, int MR, int SPANV>
+void gconv_block(const GConvArgs<T>& g, int64_t vb, int64_t i0, int64_t mv, ivec_t<T> base) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  V acc[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i] = V{};
+  const int64_t cbase = vb * (L / g.kg) * g.cg;
+  const bool full = cbase + SPANV * L <= g.channels;
+  const T* wv = g.w + vb * g.wtaps * g.cg * L;
+  for (int64_t t = 0; t < g.ntaps; ++t) {
+    V x[MR][SPANV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const T* row = g.a[(i0 + (i < mv ? i : mv - 1)) * g.ntaps + t] + g.a_off + cbase;
+#pragma GCC unroll 2
+      for (int h = 0; h < SPANV; ++h) {
+        if (full) {
+          x[i][h] = vload(row + h * L);
+        } else {  // the last block may reach past the pixel's channels
+          const int64_t n = g.channels - cbase - h * L;
+          x[i][h] = vload_n(row + h * L, n < 0 ? 0 : (n < L ? n : L));
+        }
+      }
+    }
+    const T* wt = wv + (g.tap_index ? g.tap_index[t] : t) * g.cg * L;
+    for (int64_t c = 0; c < g.cg; ++c) {
+      const ivec_t<T> idx = base + static_cast<typename VecTraits<T>::I>(c);
+      const V w = vload(wt + c * L);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        if constexpr (SPANV == 1)
+          acc[i] += __builtin_shuffle(x[i][0], idx) * w;
+        else
+          acc[i] += __builtin_shuffle(x[i][0], x[i][1], idx) * w;
+      }
+    }
+  }
+  const int64_t col = vb * L;
+  const int64_t nvalid = g.ncols - col < L ? g.ncols - col : L;
+  for (int64_t i = 0; i < mv; ++i) {
+    T* crow = g.c[i0 + i] + g.c_off;
+    const V z = apply_epilogue<T>(acc[i], g.ep, col);
+    if (g.c_cstride == 1 && nvalid == L)
+      vstore(crow + col, z);
+    else
+      vstore_n(crow + col * g.c_cstride, z, nvalid, g.c_cstride);
+  }
+}
+
+template <typename T>
+void gconv(const GConvArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  const int64_t span = L / g.kg * g.cg;
+  ivec_t<T> base;
+  for (int j = 0; j < L; ++j) base[j] = static_cast<typename VecTraits<T>::I>((j / g.kg) * g.cg);
+  // Row blocks outside, vector blocks inside: a block's pixels (all taps,
+  // every vector block's span) stay in L1 while the vector blocks walk them.
+  constexpr int MR2 = kGconvMr / 2;
+  if (span <= L) {
+    for (int64_t i0 = 0; i0 < g.m; i0 += kGconvMr)
+      for (int64_t vb = g.vb_begin; vb < g.vb_end; ++vb)
+        gconv_block<T, kGconvMr, 1>(g, vb, i0, g.m - i0 < kGconvMr ? g.m - i0 : kGconvMr, base);
+  } else {
+    for (int64_t i0 = 0; i0 < g.m; i0 += MR2)
+      for (int64_t vb = g.vb_begin; vb < g.vb_end; ++vb)
+        gconv_block<T, MR2, 2>(g, vb, i0, g.m - i0 < MR2 ? g.m - i0 : MR2, base);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Standalone epilogue pass (the same math as the fused one).
 template <typename T>
 void epilogue_map(const EpilogueMapArgs<T>& g) {
@@ -315,6 +457,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
   namespace cpu {                                                                            \
   const IsaKernels var = {isa_name,         EFFCONV_VEC_BYTES,    EFFCONV_VEC_REGS,          \
                           &igemm<float>,    &igemm<double>,       &wgemm<float>,             \
-                          &wgemm<double>,   &epilogue_map<float>, &epilogue_map<double>};    \
+                          &wgemm<double>,   &epilogue_map<float>, &epilogue_map<double>,     \
+                          &gconv<float>,    &gconv<double>};                                 \
   }                                                                                          \
   }
