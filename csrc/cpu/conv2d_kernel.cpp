@@ -250,6 +250,9 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   const bool dense = RS == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
                      ok == 1 && ostride[3] == s.K && ostride[2] == s.Q * s.K && ostride[0] == s.P * s.Q * s.K;
   IGemmArgs<T> args;
+  // Stream outputs much larger than L2 when every row start is 64-byte aligned.
+  args.stream = dense && out.numel() * int64_t(sizeof(T)) > (8 << 20) && (s.K * int64_t(sizeof(T))) % 64 == 0 &&
+                reinterpret_cast<uintptr_t>(op) % 64 == 0 && (nr * int64_t(sizeof(T))) % 64 == 0;
   args.ntaps = RS;
   args.kc = Cg;
   args.b_off = b_off.data();

@@ -56,6 +56,10 @@ struct IGemmArgs {
   int64_t ldc = 0;
   int64_t c_off = 0;
   int64_t c_cstride = 1;
+  // Write full vectors with non-temporal stores (caller checked 64-byte
+  // alignment of every row): an output far larger than the caches would
+  // otherwise be read into them before being overwritten.
+  bool stream = false;
 
   EpilogueArgs<T> ep;
 };

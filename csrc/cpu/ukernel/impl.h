@@ -10,6 +10,10 @@
 #include "effconv/epilogue.h"
 #include "ukernel/api.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>  // non-temporal stores; available under the ISA's target pragma
+#endif
+
 #if !defined(EFFCONV_VEC_BYTES) || !defined(EFFCONV_VEC_REGS)
 #error "include impl.h from an ISA translation unit (csrc/cpu/isa/*.cpp)"
 #endif
@@ -55,6 +59,30 @@ template <typename T>
 inline vec_t<T> vsplat(T s) {
   return vec_t<T>{} + s;
 }
+// Non-temporal store of a full vector to a vector-aligned address.
+inline void vstream(float* p, vec_t<float> v) {
+#if defined(__x86_64__) && EFFCONV_VEC_BYTES == 64
+  _mm512_stream_ps(p, reinterpret_cast<__m512&>(v));
+#elif defined(__x86_64__) && EFFCONV_VEC_BYTES == 32
+  _mm256_stream_ps(p, reinterpret_cast<__m256&>(v));
+#elif defined(__x86_64__) && EFFCONV_VEC_BYTES == 16
+  _mm_stream_ps(p, reinterpret_cast<__m128&>(v));
+#else
+  vstore(p, v);
+#endif
+}
+inline void vstream(double* p, vec_t<double> v) {
+#if defined(__x86_64__) && EFFCONV_VEC_BYTES == 64
+  _mm512_stream_pd(p, reinterpret_cast<__m512d&>(v));
+#elif defined(__x86_64__) && EFFCONV_VEC_BYTES == 32
+  _mm256_stream_pd(p, reinterpret_cast<__m256d&>(v));
+#elif defined(__x86_64__) && EFFCONV_VEC_BYTES == 16
+  _mm_stream_pd(p, reinterpret_cast<__m128d&>(v));
+#else
+  vstore(p, v);
+#endif
+}
+
 // Partial load/store for the last n < L lanes of a row.
 template <typename T>
 inline vec_t<T> vload_n(const T* p, int64_t n) {
@@ -150,6 +178,8 @@ constexpr int kMr4 = ukernel_mr(EFFCONV_VEC_REGS, 4);
 // Indirect GEMM: MR rows x NV vectors of accumulators live in registers for
 // the whole reduction (all taps, all kc); the epilogue runs on them before
 // the single store, so the output is written exactly once.
+constexpr int64_t kPrefetchBlocks = 4;
+
 template <typename T>
 inline const T* a_row(const IGemmArgs<T>& g, int64_t i, int64_t t) {
   return (g.a ? g.a[i * g.ntaps + t] : g.a_dense + i * g.lda) + g.a_off;
@@ -195,12 +225,13 @@ void igemm_nv(const IGemmArgs<T>& g) {
       for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = vec_t<T>{};
-      // Pull the next block's rows toward L1 while this block computes: for
-      // 1x1 convolutions every row is a cold stream from L2/L3.
-      if (g.ntaps == 1 && p == g.p_begin && i0 + MR < g.m) {
-        const int64_t next = g.m - i0 - MR < MR ? g.m - i0 - MR : MR;
-        for (int64_t i = 0; i < next; ++i) {
-          const char* row = reinterpret_cast<const char*>(a_row(g, i0 + MR + i, 0));
+      // 1x1 rows are a cold stream from L3/DRAM: prefetch the rows a few
+      // blocks ahead (one block's compute is shorter than a DRAM miss).
+      if (g.ntaps == 1 && p == g.p_begin) {
+        const int64_t ahead = i0 + kPrefetchBlocks * MR;
+        const int64_t end = ahead + MR < g.m ? ahead + MR : g.m;
+        for (int64_t i = ahead; i < end; ++i) {
+          const char* row = reinterpret_cast<const char*>(a_row(g, i, 0));
           for (int64_t off = 0; off < g.kc * int64_t(sizeof(T)); off += 64) __builtin_prefetch(row + off);
         }
       }
@@ -241,7 +272,11 @@ void igemm_nv(const IGemmArgs<T>& g) {
           for (int v = 0; v < NV; ++v) {
             vec_t<T> z = acc[i][v] + ep_bias[v];
             if (affine) z = z * ep_scale[v] + ep_shift[v];
-            vstore(crow + v * L, activate<T>(z, g.ep.act));
+            z = activate<T>(z, g.ep.act);
+            if (g.stream)
+              vstream(crow + v * L, z);
+            else
+              vstore(crow + v * L, z);
           }
         }
         continue;
