@@ -185,6 +185,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
     GConvArgs<T> args;
     args.ntaps = RS;
     args.wtaps = RS;
+    args.zero = zeros.data();
     args.cg = Cg;
     args.kg = Kg;
     args.channels = s.C;
@@ -241,7 +242,8 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   const std::vector<T> scale_p = padded_channel_vector<T>(scale, G, Kg, kpad, T(1));
   const std::vector<T> shift_p = padded_channel_vector<T>(shift, G, Kg, kpad, T(0));
 
-  const int64_t mc = rows_per_tile(RS * Cg, sizeof(T), isa.mr(nv));
+  const ReductionBlocking rb = reduction_blocking(RS, Cg, nr, sizeof(T));
+  const int64_t mc = rows_per_tile(rb.taps * rb.k, sizeof(T), isa.mr(nv));
   const int64_t tiles = ceil_div(M, mc);
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
@@ -258,6 +260,9 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   args.b_off = b_off.data();
   args.panel_stride = panel_stride;
   args.nv = nv;
+  args.tap_block = rb.taps;
+  args.k_block = rb.k;
+  args.zero = zeros.data();
   args.ncols = Kg;
   args.c_cstride = ok;
   args.ep.act = act;
@@ -413,6 +418,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
           args.ntaps = int64_t(rc.taps.size());
           args.wtaps = RS;
           args.tap_index = rc.taps.data();
+          args.zero = zeros.data();
           args.cg = Kg_o;
           args.kg = Cg_o;
           args.channels = s.K;
@@ -450,7 +456,8 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
     }
   });
 
-  const int64_t mc = rows_per_tile(RS * Kg, sizeof(T), isa.mr(nv));
+  const ReductionBlocking rb = reduction_blocking(RS, Kg, nr, sizeof(T));
+  const int64_t mc = rows_per_tile(rb.taps * rb.k, sizeof(T), isa.mr(nv));
   int64_t tiles;
   const std::vector<ResidueClass> classes = residue_classes(s, mc, tiles);
   std::vector<std::vector<int64_t>> b_offs(classes.size());
@@ -475,6 +482,9 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
         args.b_off = b_offs[&rc - classes.data()].data();
         args.panel_stride = panel_stride;
         args.nv = nv;
+        args.tap_block = rb.taps;
+        args.k_block = rb.k;
+        args.zero = zeros.data();
         args.p_begin = ps * npanels / psplit;
         args.p_end = (ps + 1) * npanels / psplit;
         args.ncols = Cg;

@@ -38,6 +38,9 @@ struct IGemmArgs {
   const T* a_dense = nullptr;
   int64_t lda = 0;
   int64_t a_off = 0;
+  // The zero vector padding taps point at: a tap whose rows all point here
+  // is skipped (dilated convs on small maps are ~40% padding taps).
+  const T* zero = nullptr;
   int64_t m = 0;
   int64_t ntaps = 0;
   int64_t kc = 0;
@@ -46,6 +49,10 @@ struct IGemmArgs {
   const int64_t* b_off = nullptr;
   int64_t panel_stride = 0;
   int nv = 1;
+  // Reduction blocking (0: whole reduction at once): tap_block taps x
+  // k_block channels of a panel form one block; see reduction_blocking().
+  int64_t tap_block = 0;
+  int64_t k_block = 0;
   int64_t p_begin = 0, p_end = 0;  // panel range computed by this call
   int64_t ncols = 0;               // valid columns over all panels
 
@@ -106,6 +113,7 @@ struct GConvArgs {
   int64_t cg = 0;        // reduction channels per group
   int64_t kg = 0;        // output channels per group; divides the lane count
   int64_t channels = 0;  // channels per input pixel (bounds the span loads)
+  const T* zero = nullptr;  // padding taps' zero vector: taps with only padding rows are skipped
   const T* w = nullptr;  // packed [vb][wtaps][cg][L]
   int64_t wtaps = 0;     // taps in the packed weights
   const int64_t* tap_index = nullptr;  // packed tap of call tap t (null: t itself)
@@ -140,6 +148,23 @@ struct EpilogueMapArgs {
 constexpr int ukernel_mr(int regs, int nv) {
   return regs >= 32 ? (nv <= 2 ? 12 : nv == 3 ? 8 : 6)
                     : (nv == 1 ? 12 : nv == 2 ? 6 : nv == 3 ? 4 : 2);
+}
+
+// Reduction blocking of the indirect GEMM: (taps per block, channels per
+// block) such that one block of one panel of B, nr columns wide, stays
+// within ~128 KB of L2 next to the rows' A operands and C's partial sums.
+// Whole taps when a tap's channels fit; otherwise single taps cut into
+// channel chunks.
+struct ReductionBlocking {
+  int64_t taps, k;
+};
+inline ReductionBlocking reduction_blocking(int64_t ntaps, int64_t kc, int64_t nr, int64_t elem_bytes) {
+  const int64_t budget = 128 * 1024 / (nr * elem_bytes);  // reduction rows of B per block
+  if (kc <= budget) {
+    const int64_t taps = budget / (kc > 0 ? kc : 1);
+    return {taps < ntaps ? (taps > 0 ? taps : 1) : ntaps, kc};
+  }
+  return {1, budget};
 }
 
 struct IsaKernels {
