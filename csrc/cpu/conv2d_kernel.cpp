@@ -24,13 +24,16 @@ namespace effconv {
 namespace cpu {
 namespace {
 
-// Rows per tile: the tile's A operand (rows x reduction) should stay in L2
-// while every column panel streams past it.
-int64_t rows_per_tile(int64_t reduction, int64_t elem_bytes, int mr) {
+// Rows per tile: the tile's A operand (rows x reduction block) should stay
+// in L2 while every column panel streams past it. Tiles are then evened out
+// over the rows: with a static schedule a short last tile leaves a thread idle.
+int64_t rows_per_tile(int64_t rows_total, int64_t reduction, int64_t elem_bytes, int mr) {
   const int64_t budget = 192 * 1024;
   int64_t rows = budget / std::max<int64_t>(1, reduction * elem_bytes);
   rows = std::min<int64_t>(std::max<int64_t>(rows, mr), 1024);
-  return std::max<int64_t>(mr, rows / mr * mr);
+  rows = std::max<int64_t>(mr, rows / mr * mr);
+  const int64_t tiles = std::max<int64_t>(1, ceil_div(rows_total, rows));
+  return std::max<int64_t>(mr, ceil_div(ceil_div(rows_total, tiles), mr) * mr);
 }
 
 // Split groups or column panels when there are too few row tiles for an even
@@ -178,7 +181,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
     const std::vector<T> bias_p = padded_channel_vector<T>(bias, 1, s.K, kpad, T(0));
     const std::vector<T> scale_p = padded_channel_vector<T>(scale, 1, s.K, kpad, T(1));
     const std::vector<T> shift_p = padded_channel_vector<T>(shift, 1, s.K, kpad, T(0));
-    const int64_t mc = rows_per_tile(RS * 2 * lanes, sizeof(T), 12);
+    const int64_t mc = rows_per_tile(M, RS * 2 * lanes, sizeof(T), 12);
     const int64_t tiles = ceil_div(M, mc);
     int64_t vsplit, unused;
     split_columns(tiles, nvb, 1, vsplit, unused);
@@ -243,7 +246,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   const std::vector<T> shift_p = padded_channel_vector<T>(shift, G, Kg, kpad, T(0));
 
   const ReductionBlocking rb = reduction_blocking(RS, Cg, nr, sizeof(T));
-  const int64_t mc = rows_per_tile(rb.taps * rb.k, sizeof(T), isa.mr(nv));
+  const int64_t mc = rows_per_tile(M, rb.taps * rb.k, sizeof(T), isa.mr(nv));
   const int64_t tiles = ceil_div(M, mc);
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
@@ -308,6 +311,11 @@ struct ResidueClass {
   int64_t ah, aw, hc, wc, rows, first_tile;
   std::vector<int64_t> taps;
 };
+
+// Rows of the largest residue class (the one tiles are sized for).
+int64_t class_rows(const Conv2dShape& s) {
+  return s.N * ceil_div(s.H, s.stride_h) * ceil_div(s.W, s.stride_w);
+}
 
 std::vector<ResidueClass> residue_classes(const Conv2dShape& s, int64_t mc, int64_t& tiles) {
   std::vector<ResidueClass> classes;
@@ -399,7 +407,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
     const std::vector<T> wp = pack_gconv_weight<T>(s.C, RS, Kg_o, lanes, [&](int64_t ci, int64_t k, int64_t t) {
       return ws[((ci / Cg_o * Kg_o + k) * Cg_o + ci % Cg_o) * RS + t];
     });
-    const int64_t mc = rows_per_tile(RS * 2 * lanes, sizeof(T), 12);
+    const int64_t mc = rows_per_tile(class_rows(s), RS * 2 * lanes, sizeof(T), 12);
     int64_t tiles;
     const std::vector<ResidueClass> classes = residue_classes(s, mc, tiles);
     int64_t vsplit, unused;
@@ -457,7 +465,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   });
 
   const ReductionBlocking rb = reduction_blocking(RS, Kg, nr, sizeof(T));
-  const int64_t mc = rows_per_tile(rb.taps * rb.k, sizeof(T), isa.mr(nv));
+  const int64_t mc = rows_per_tile(class_rows(s), rb.taps * rb.k, sizeof(T), isa.mr(nv));
   int64_t tiles;
   const std::vector<ResidueClass> classes = residue_classes(s, mc, tiles);
   std::vector<std::vector<int64_t>> b_offs(classes.size());
