@@ -51,23 +51,18 @@ def _row(where: str, choice: backends.Choice) -> dict[str, str]:
 
 
 def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> Explanation:
-    from effconv.ops.conv2d import TABLES, kernel_name
+    from effconv.ops._conv_family import FAMILIES
 
     rows = []
     for name, m in module.named_modules():
         route = getattr(m, "effconv_op", None)
         if route is None or not isinstance(m, nn.Conv2d):
             continue
-        dev = device or m.weight.device
-        dt = dtype or m.weight.dtype
-        table = TABLES.get(route)
-        if table is None:
-            from effconv.ops import depthwise_conv2d  # noqa: F401  (later ops)
-
-            table = TABLES[route]
-        kernel = kernel_name(m.weight.shape, m.stride, m.padding if not isinstance(m.padding, str) else (1, 1),
-                             m.dilation, m.groups)
-        choice = backends.choose(table, dev, dt, lambda: kernel, record=False)
+        family = FAMILIES[route]
+        padding = m.padding if not isinstance(m.padding, str) else (0, 0)
+        choice = backends.choose(
+            family.tables["forward"], device or m.weight.device, dtype or m.weight.dtype,
+            lambda: family.describe(m.weight.shape, m.stride, padding, m.dilation, m.groups), record=False)
         rows.append(_row(name or type(m).__name__, choice))
     return Explanation(rows)
 
