@@ -19,6 +19,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_forward_cpu", &effconv::cpu::conv2d_forward, nogil);
   m.def("conv2d_grad_input_cpu", &effconv::cpu::conv2d_grad_input, nogil);
   m.def("conv2d_grad_weight_cpu", &effconv::cpu::conv2d_grad_weight, nogil);
+  m.def("depthwise_conv2d_forward_cpu", &effconv::cpu::depthwise_conv2d_forward, nogil);
+  m.def("depthwise_conv2d_grad_input_cpu", &effconv::cpu::depthwise_conv2d_grad_input, nogil);
+  m.def("depthwise_conv2d_grad_weight_cpu", &effconv::cpu::depthwise_conv2d_grad_weight, nogil);
   m.def("epilogue_cpu", &effconv::cpu::epilogue, nogil);
 
   m.def("cpu_isa", [] { return std::string(effconv::cpu::isa_kernels().name); },

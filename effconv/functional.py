@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import effconv.ops  # noqa: F401  (registers torch.ops.effconv.*)
 from effconv.ops import conv2d as _conv2d_op
+from effconv.ops import depthwise_conv2d as _depthwise_op
 from effconv.ops import epilogue as _epilogue_op
 
 IntPair = Union[int, Sequence[int]]
@@ -62,31 +63,13 @@ def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int],
     return sym, extra
 
 
-def conv2d(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    stride: IntPair = 1,
-    padding: Union[str, IntPair] = 0,
-    dilation: IntPair = 1,
-    groups: int = 1,
-    *,
-    scale: Optional[torch.Tensor] = None,
-    shift: Optional[torch.Tensor] = None,
-    activation: Optional[str] = None,
-) -> torch.Tensor:
-    """2-D convolution with exactly ``torch.nn.functional.conv2d``'s semantics,
-    plus an optional fused epilogue ``act((conv + bias) * scale + shift)``
-    with per-output-channel ``scale``/``shift`` and ``activation`` in
-    ``None | 'relu' | 'relu6' | 'silu'``.
-    """
-    if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"groups must be an int, got {groups!r}")
+def _normalize(op: str, input, weight, stride, padding, dilation):
+    """F.conv2d argument conventions -> (batched input, stride, padding, dilation, unbatched?)."""
     stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
     unbatched = input.dim() == 3
     if input.dim() not in (3, 4):
         raise RuntimeError(
-            f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}"
+            f"Expected 3D (unbatched) or 4D (batched) input to {op}, but got input of size: {list(input.shape)}"
         )
     if unbatched:
         input = input.unsqueeze(0)
@@ -106,11 +89,74 @@ def conv2d(
             raise RuntimeError(f"Invalid padding string '{padding}', should be one of ['valid', 'same']")
     else:
         padding_ = _pair("padding", padding)
-    args = (input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, activation or "none")
-    if _direct_call_ok(input, weight, bias, scale, shift):
-        out = _conv2d_op.conv2d_impl(*args)
+    return input, stride_, padding_, dilation_, unbatched
+
+
+def conv2d_route(in_channels: int, weight_shape: Sequence[int], groups: int) -> str:
+    """The op a convolution with these parameters runs on: depthwise when
+    groups == in_channels > 1 (any channel multiplier), else the
+    implicit-GEMM family."""
+    if groups == in_channels and in_channels > 1 and weight_shape[1] == 1 and weight_shape[0] % in_channels == 0:
+        return "depthwise_conv2d"
+    return "conv2d"
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: Union[str, IntPair] = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    scale: Optional[torch.Tensor] = None,
+    shift: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """2-D convolution with exactly ``torch.nn.functional.conv2d``'s semantics,
+    plus an optional fused epilogue ``act((conv + bias) * scale + shift)``
+    with per-output-channel ``scale``/``shift`` and ``activation`` in
+    ``None | 'relu' | 'relu6' | 'silu'``. Depthwise convolutions
+    (groups == in_channels) run on the depthwise op.
+    """
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    input, stride_, padding_, dilation_, unbatched = _normalize("conv2d", input, weight, stride, padding, dilation)
+    act = activation or "none"
+    if conv2d_route(input.shape[1], weight.shape, groups) == "depthwise_conv2d":
+        out = _depthwise(input, weight, bias, stride_, padding_, dilation_, scale, shift, act)
+    elif _direct_call_ok(input, weight, bias, scale, shift):
+        out = _conv2d_op.conv2d_impl(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, act)
     else:
-        out = torch.ops.effconv.conv2d(*args)
+        out = torch.ops.effconv.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, act)
+    return out.squeeze(0) if unbatched else out
+
+
+def _depthwise(input, weight, bias, stride, padding, dilation, scale, shift, act):
+    if _direct_call_ok(input, weight, bias, scale, shift):
+        return _depthwise_op.depthwise_conv2d_impl(input, weight, bias, stride, padding, dilation, scale, shift, act)
+    return torch.ops.effconv.depthwise_conv2d(input, weight, bias, stride, padding, dilation, scale, shift, act)
+
+
+def depthwise_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: Union[str, IntPair] = 0,
+    dilation: IntPair = 1,
+    *,
+    scale: Optional[torch.Tensor] = None,
+    shift: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """Depthwise convolution: ``F.conv2d(input, weight, bias, stride,
+    padding, dilation, groups=input channels)`` with weight
+    ``[C * multiplier, 1, kH, kW]``, plus the fused epilogue (see conv2d)."""
+    input, stride_, padding_, dilation_, unbatched = _normalize("depthwise_conv2d", input, weight, stride, padding,
+                                                                dilation)
+    out = _depthwise(input, weight, bias, stride_, padding_, dilation_, scale, shift, activation or "none")
     return out.squeeze(0) if unbatched else out
 
 
@@ -126,8 +172,3 @@ def epilogue(
     if _direct_call_ok(input, bias, scale, shift):
         return _epilogue_op.epilogue_impl(*args)
     return torch.ops.effconv.epilogue(*args)
-
-
-def conv2d_route(in_channels: int, weight_shape: Sequence[int], groups: int) -> str:
-    """The op a convolution with these parameters runs on."""
-    return "conv2d"

@@ -125,6 +125,83 @@ struct GConvArgs {
   EpilogueArgs<T> ep;    // padded to a whole number of vectors
 };
 
+// Depthwise convolution (channel multiplier 1) over channels_last pixels,
+// indirect like IGemm: for output pixel i,
+//
+//   C[i][c] = epilogue( sum_t A[i, t][c] * w[tap(t)][c] )
+//
+// with A[i, t] = a[i * ntaps + t] (a pixel's channels, or `zero` for taps in
+// the padding). The same kernel runs grad_input with the transposed pixel
+// map. Vectorised over channels [c_begin, c_end) of `channels`.
+template <typename T>
+struct DwConvArgs {
+  const T* const* a = nullptr;
+  const T* zero = nullptr;
+  int64_t m = 0;
+  int64_t ntaps = 0;
+  int64_t channels = 0;
+  int64_t c_begin = 0, c_end = 0;
+  const T* w = nullptr;                 // [wtaps][cpad], channel-contiguous, zero-padded
+  const int64_t* tap_index = nullptr;   // weight tap of call tap t (null: t)
+  int64_t cpad = 0;
+  T* const* c = nullptr;                // output pixel pointers (channel stride 1)
+  EpilogueArgs<T> ep;                   // padded to cpad
+};
+
+// Direct depthwise convolution of one channels_last output row (multiplier
+// 1): rows[r] is input row ih(r) (pixel 0, channel 0) or null when that row
+// is padding. Outputs [q_lo, q_hi) have every tap inside the row and run
+// without checks in blocks of pixels x channel vectors; the border columns
+// check each tap.
+template <typename T>
+struct DwRowArgs {
+  const T* const* rows = nullptr;
+  int64_t R = 0, S = 0;
+  int64_t W = 0, Q = 0, C = 0;
+  int64_t stride = 1, pad = 0, dil = 1;  // along W
+  int64_t q_lo = 0, q_hi = 0;
+  const T* w = nullptr;  // [R*S][cpad]
+  int64_t cpad = 0;
+  T* out = nullptr;      // output pixel q, channel c at out[q * out_ps + c]
+  int64_t out_ps = 0;
+  bool stream = false;   // non-temporal stores (caller checked 64-byte alignment of every pixel)
+  int64_t fresh_from = 0;  // kernel rows >= this were not read by the previous output row (prefetched)
+  EpilogueArgs<T> ep;    // padded to cpad
+};
+
+// Depthwise weight gradient over channels_last pixels:
+//   dw[tap(t)][c] += sum_i D[i][c] * A[i, t][c];  db[c] += sum_i D[i][c] (if db)
+// with D[i] = d[i] (output-gradient pixel pointers) and A as in DwConvArgs.
+template <typename T>
+struct DwWGradArgs {
+  const T* const* a = nullptr;
+  const T* zero = nullptr;
+  const T* const* d = nullptr;
+  int64_t m = 0;
+  int64_t ntaps = 0;
+  int64_t channels = 0;
+  int64_t cpad = 0;
+  T* dw = nullptr;  // [ntaps][cpad], accumulated into
+  T* db = nullptr;  // [cpad] or null, accumulated into
+};
+
+// One output row of an NCHW depthwise plane, vectorised along the row:
+//   out[q] = epilogue( sum_{r, s} w[r * S + s] * phase(r, s)[q + off(s)] )
+// The caller copies each input row once into zero-padded stride-phase rows
+// (phase f holds padded columns f, f + stride, ...), so every tap is a
+// contiguous unaligned vector load for any stride, padding and dilation.
+template <typename T>
+struct DwPlaneRowArgs {
+  const T* const* rows = nullptr;  // per kernel row r: its phase rows (prow apart), or null (padding)
+  int64_t prow = 0;
+  int64_t R = 0, S = 0, stride = 1, dil = 1;
+  int64_t Q = 0;
+  const T* w = nullptr;  // R*S weights of this plane
+  T bias = 0, scale = 1, shift = 0;
+  int act = 0;
+  T* out = nullptr;      // Q contiguous outputs
+};
+
 // Row-wise standalone epilogue over `rows` vectors of `cols` contiguous
 // channels (channels_last), or over `rows` planes of `cols` pixels sharing
 // one channel each (NCHW, channel = row % channels).
@@ -180,6 +257,14 @@ struct IsaKernels {
   void (*epilogue_f64)(const EpilogueMapArgs<double>&);
   void (*gconv_f32)(const GConvArgs<float>&);
   void (*gconv_f64)(const GConvArgs<double>&);
+  void (*dwconv_f32)(const DwConvArgs<float>&);
+  void (*dwconv_f64)(const DwConvArgs<double>&);
+  void (*dwwgrad_f32)(const DwWGradArgs<float>&);
+  void (*dwwgrad_f64)(const DwWGradArgs<double>&);
+  void (*dwplane_f32)(const DwPlaneRowArgs<float>&);
+  void (*dwplane_f64)(const DwPlaneRowArgs<double>&);
+  void (*dwrow_f32)(const DwRowArgs<float>&);
+  void (*dwrow_f64)(const DwRowArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -194,6 +279,14 @@ struct IsaKernels {
   void epilogue(const EpilogueMapArgs<double>& a) const { epilogue_f64(a); }
   void gconv(const GConvArgs<float>& a) const { gconv_f32(a); }
   void gconv(const GConvArgs<double>& a) const { gconv_f64(a); }
+  void dwconv(const DwConvArgs<float>& a) const { dwconv_f32(a); }
+  void dwconv(const DwConvArgs<double>& a) const { dwconv_f64(a); }
+  void dwwgrad(const DwWGradArgs<float>& a) const { dwwgrad_f32(a); }
+  void dwwgrad(const DwWGradArgs<double>& a) const { dwwgrad_f64(a); }
+  void dwplane(const DwPlaneRowArgs<float>& a) const { dwplane_f32(a); }
+  void dwplane(const DwPlaneRowArgs<double>& a) const { dwplane_f64(a); }
+  void dwrow(const DwRowArgs<float>& a) const { dwrow_f32(a); }
+  void dwrow(const DwRowArgs<double>& a) const { dwrow_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;

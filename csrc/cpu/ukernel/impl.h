@@ -510,6 +510,261 @@ void gconv(const GConvArgs<T>& g) {
 }
 
 // ---------------------------------------------------------------------------
+// Depthwise convolution over channels_last pixels (see DwConvArgs): blocks of
+// QB pixels x NVC channel vectors of accumulators; each tap loads its weight
+// vectors once for the block. Memory-bound in practice, so the point is one
+// pass over the input with the epilogue applied before the only store.
+constexpr int kDwPix = EFFCONV_VEC_REGS >= 32 ? 4 : 2;
+constexpr int kDwVec = EFFCONV_VEC_REGS >= 32 ? 4 : 2;
+
+template <typename T, int QB, int NVC, bool FULL>
+void dw_block(const DwConvArgs<T>& g, int64_t i0, int64_t qv, int64_t c0, int64_t nlast) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  V acc[QB][NVC];
+#pragma GCC unroll 8
+  for (int j = 0; j < QB; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) acc[j][v] = V{};
+  for (int64_t t = 0; t < g.ntaps; ++t) {
+    const T* p[QB];
+    bool any = false;
+#pragma GCC unroll 8
+    for (int j = 0; j < QB; ++j) {
+      p[j] = g.a[(i0 + (j < qv ? j : qv - 1)) * g.ntaps + t];
+      any |= p[j] != g.zero;
+    }
+    if (!any) continue;
+    const T* wt = g.w + (g.tap_index ? g.tap_index[t] : t) * g.cpad + c0;
+    V wv[NVC];
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) wv[v] = vload(wt + v * L);
+#pragma GCC unroll 8
+    for (int j = 0; j < QB; ++j)
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) {
+        const T* src = p[j] + c0 + v * L;
+        acc[j][v] += (FULL ? vload(src) : vload_n(src, nlast)) * wv[v];
+      }
+  }
+  if (qv == QB) {
+#pragma GCC unroll 8
+    for (int j = 0; j < QB; ++j)
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) {
+        const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
+        if (FULL)
+          vstore(g.c[i0 + j] + c0 + v * L, z);
+        else
+          vstore_n(g.c[i0 + j] + c0 + v * L, z, nlast);
+      }
+    return;
+  }
+  for (int64_t j = 0; j < qv; ++j)
+    for (int v = 0; v < NVC; ++v) {
+      const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
+      if (FULL)
+        vstore(g.c[i0 + j] + c0 + v * L, z);
+      else
+        vstore_n(g.c[i0 + j] + c0 + v * L, z, nlast);
+    }
+}
+
+template <typename T>
+void dwconv(const DwConvArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  constexpr int QB = kDwPix, NVC = kDwVec;
+  const int64_t full_end = g.c_begin + (g.c_end - g.c_begin) / L * L;
+  for (int64_t i0 = 0; i0 < g.m; i0 += QB) {
+    const int64_t qv = g.m - i0 < QB ? g.m - i0 : QB;
+    int64_t c0 = g.c_begin;
+    for (; c0 + NVC * L <= full_end; c0 += NVC * L) dw_block<T, QB, NVC, true>(g, i0, qv, c0, L);
+    for (; c0 + L <= full_end; c0 += L) dw_block<T, QB, 1, true>(g, i0, qv, c0, L);
+    if (c0 < g.c_end) dw_block<T, QB, 1, false>(g, i0, qv, c0, g.c_end - c0);
+  }
+}
+
+// Direct depthwise row (see DwRowArgs). CHECK blocks test every tap's
+// column and hold qv <= QB valid pixels; unchecked blocks are interior and full.
+constexpr int kDwRowPix = EFFCONV_VEC_REGS >= 32 ? 8 : 4;
+constexpr int kDwRowVec = EFFCONV_VEC_REGS >= 32 ? 2 : 1;
+
+template <typename T, int QB, int NVC, bool FULL, bool CHECK>
+inline void dwrow_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c0, int64_t nlast) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  V acc[QB][NVC];
+#pragma GCC unroll 8
+  for (int j = 0; j < QB; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) acc[j][v] = V{};
+  const int64_t ps = g.stride * g.C;  // input pixels between neighbouring outputs
+  for (int64_t r = 0; r < g.R; ++r) {
+    if (!g.rows[r]) continue;
+    const T* base = g.rows[r] + (q0 * g.stride - g.pad) * g.C + c0;
+    const T* wr = g.w + r * g.S * g.cpad + c0;
+    for (int64_t s = 0; s < g.S; ++s) {
+      V wv[NVC];
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) wv[v] = vload(wr + s * g.cpad + v * L);
+      const T* xs = base + s * g.dil * g.C;
+      const int64_t iw0 = q0 * g.stride - g.pad + s * g.dil;
+#pragma GCC unroll 16
+      for (int j = 0; j < QB; ++j) {
+        if (CHECK) {
+          const int64_t iw = iw0 + j * g.stride;
+          if (j >= qv || iw < 0 || iw >= g.W) continue;
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < NVC; ++v) {
+          const T* src = xs + j * ps + v * L;
+          acc[j][v] += (FULL ? vload(src) : vload_n(src, nlast)) * wv[v];
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < QB; ++j) {
+    if (CHECK && j >= qv) break;
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) {
+      T* dst = g.out + (q0 + j) * g.out_ps + c0 + v * L;
+      const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
+      if (!FULL)
+        vstore_n(dst, z, nlast);
+      else if (g.stream)
+        vstream(dst, z);
+      else
+        vstore(dst, z);
+    }
+  }
+}
+
+// All channels of QB output pixels: consecutive pixels' channels are
+// contiguous, so both the input rows and the output are walked in order.
+template <typename T, bool CHECK>
+inline void dwrow_pixels(const DwRowArgs<T>& g, int64_t q0, int64_t qv) {
+  constexpr int L = VecTraits<T>::L;
+  constexpr int QB = kDwRowPix, NVC = kDwRowVec;
+  const int64_t full_end = g.C / L * L;
+  int64_t c0 = 0;
+  for (; c0 + NVC * L <= full_end; c0 += NVC * L) dwrow_block<T, QB, NVC, true, CHECK>(g, q0, qv, c0, L);
+  for (; c0 + L <= full_end; c0 += L) dwrow_block<T, QB, 1, true, CHECK>(g, q0, qv, c0, L);
+  if (c0 < g.C) dwrow_block<T, QB, 1, false, CHECK>(g, q0, qv, c0, g.C - c0);
+}
+
+template <typename T>
+void dwrow(const DwRowArgs<T>& g) {
+  constexpr int QB = kDwRowPix;
+  // Kernel rows from fresh_from on were not read by the previous output row
+  // (the others sit in L2): prefetch them two blocks ahead.
+  const int64_t block_bytes = QB * g.stride * g.C * int64_t(sizeof(T));
+  for (int64_t q = 0; q < g.Q; q += QB) {
+    const int64_t iw = (q + 2 * QB) * g.stride - g.pad;
+    if (iw >= 0 && iw < g.W)
+      for (int64_t r = g.fresh_from; r < g.R; ++r) {
+        if (!g.rows[r]) continue;
+        const char* p = reinterpret_cast<const char*>(g.rows[r] + iw * g.C);
+        for (int64_t off = 0; off < block_bytes; off += 64) __builtin_prefetch(p + off);
+      }
+    if (q >= g.q_lo && q + QB <= g.q_hi)
+      dwrow_pixels<T, false>(g, q, QB);
+    else
+      dwrow_pixels<T, true>(g, q, g.Q - q < QB ? g.Q - q : QB);
+  }
+}
+
+template <typename T, int NVC, bool FULL>
+void dw_wgrad_chunk(const DwWGradArgs<T>& g, int64_t c0, int64_t nlast) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  auto load = [&](const T* p) { return FULL ? vload(p) : vload_n(p, nlast); };
+  for (int64_t t = 0; t < g.ntaps; ++t) {
+    V acc[NVC];
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) acc[v] = V{};
+    for (int64_t i = 0; i < g.m; ++i) {
+      const T* x = g.a[i * g.ntaps + t];
+      if (x == g.zero) continue;
+      const T* d = g.d[i] + c0;
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) acc[v] += load(d + v * L) * load(x + c0 + v * L);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) {
+      T* o = g.dw + t * g.cpad + c0 + v * L;
+      vstore(o, vload(o) + acc[v]);  // dw rows are padded to whole vectors
+    }
+  }
+  if (g.db) {
+    V acc[NVC];
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) acc[v] = V{};
+    for (int64_t i = 0; i < g.m; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) acc[v] += load(g.d[i] + c0 + v * L);
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) vstore(g.db + c0 + v * L, vload(g.db + c0 + v * L) + acc[v]);
+  }
+}
+
+template <typename T>
+void dwwgrad(const DwWGradArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  constexpr int NVC = kDwVec;
+  const int64_t full_end = g.channels / L * L;
+  int64_t c0 = 0;
+  for (; c0 + NVC * L <= full_end; c0 += NVC * L) dw_wgrad_chunk<T, NVC, true>(g, c0, L);
+  for (; c0 + L <= full_end; c0 += L) dw_wgrad_chunk<T, 1, true>(g, c0, L);
+  if (c0 < g.channels) dw_wgrad_chunk<T, 1, false>(g, c0, g.channels - c0);
+}
+
+// One output row of an NCHW plane (see DwPlaneRowArgs): NV vectors of
+// outputs per step, so each weight broadcast serves NV FMAs; single vectors
+// for the rest of the row.
+template <typename T, int NV>
+inline void dwplane_step(const DwPlaneRowArgs<T>& g, int64_t q0) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  V acc[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) acc[j] = V{};
+  for (int64_t r = 0; r < g.R; ++r) {
+    if (!g.rows[r]) continue;
+    for (int64_t s = 0; s < g.S; ++s) {
+      const int64_t f = (s * g.dil) % g.stride, off = (s * g.dil) / g.stride;
+      const T* src = g.rows[r] + f * g.prow + q0 + off;
+      const V w = vsplat(g.w[r * g.S + s]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[j] += vload(src + j * L) * w;
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    const int64_t q = q0 + j * L;
+    const V z = activate<T>((acc[j] + g.bias) * g.scale + g.shift, g.act);
+    if (q + L <= g.Q)
+      vstore(g.out + q, z);
+    else
+      vstore_n(g.out + q, z, g.Q - q);
+  }
+}
+
+template <typename T>
+void dwplane(const DwPlaneRowArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  int64_t q0 = 0;
+  for (; q0 + 4 * L <= g.Q; q0 += 4 * L) dwplane_step<T, 4>(g, q0);
+  switch ((g.Q - q0 + L - 1) / L) {  // the rest of the row in one step
+    case 1: dwplane_step<T, 1>(g, q0); break;
+    case 2: dwplane_step<T, 2>(g, q0); break;
+    case 3: dwplane_step<T, 3>(g, q0); break;
+    case 4: dwplane_step<T, 4>(g, q0); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Standalone epilogue pass (the same math as the fused one).
 template <typename T>
 void epilogue_map(const EpilogueMapArgs<T>& g) {
@@ -555,6 +810,9 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
   const IsaKernels var = {isa_name,         EFFCONV_VEC_BYTES,    EFFCONV_VEC_REGS,          \
                           &igemm<float>,    &igemm<double>,       &wgemm<float>,             \
                           &wgemm<double>,   &epilogue_map<float>, &epilogue_map<double>,     \
-                          &gconv<float>,    &gconv<double>};                                 \
+                          &gconv<float>,    &gconv<double>,       &dwconv<float>,            \
+                          &dwconv<double>,  &dwwgrad<float>,      &dwwgrad<double>,          \
+                          &dwplane<float>,  &dwplane<double>,     &dwrow<float>,             \
+                          &dwrow<double>};                                                   \
   }                                                                                          \
   }

@@ -52,4 +52,22 @@ EFFCONV_HD bool conv_tap_hits_residue(int64_t a, int64_t t, int64_t stride, int6
   return r == 0;
 }
 
+// The interior [lo, hi) of an output axis: outputs whose every tap reads
+// inside [0, in_size), where kernels need no bounds checks. Empty (lo == hi)
+// when no output qualifies.
+EFFCONV_HD void conv_interior(int64_t out_size, int64_t in_size, int64_t k, int64_t stride, int64_t pad,
+                              int64_t dil, int64_t* lo, int64_t* hi) {
+  int64_t l = (pad + stride - 1) / stride;                 // o * stride - pad >= 0
+  const int64_t last = in_size - 1 + pad - (k - 1) * dil;  // o * stride <= last
+  int64_t h = last < 0 ? 0 : last / stride + 1;
+  if (h > out_size) h = out_size;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
+// Depthwise convolution with channel multiplier m: output channel k reads
+// input channel k / m (PyTorch's grouping, groups = input channels).
+EFFCONV_HD int64_t depthwise_in_channel(int64_t k, int64_t multiplier) { return k / multiplier; }
+
 }  // namespace effconv
