@@ -76,6 +76,15 @@ def specs() -> list[KernelSpec]:
         KernelSpec("conv2d", "conv2d_grad_weight_kernel", "conv2d_grad_weight_kernel", "conv2d",
                    ("dy_ptr", "x_ptr"), acc_pointers=("dw_ptr", "db_ptr"), constexprs=(("R", 3), ("S", 3)),
                    ones=("sdk", "sxc"), strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw")),
+        KernelSpec("depthwise", "depthwise_fwd_kernel", "depthwise_fwd_kernel", "depthwise", fwd_ptrs,
+                   constexprs=(("R", 3), ("S", 3)) + full_epilogue, ones=("sxc", "syk"),
+                   strides=("sxn", "sxh", "sxw", "syn", "syp", "syq")),
+        KernelSpec("depthwise", "depthwise_grad_input_kernel", "depthwise_grad_input_kernel", "depthwise",
+                   ("dy_ptr", "w_ptr", "dx_ptr"), constexprs=(("R", 3), ("S", 3)), ones=("sdk", "sxc"),
+                   strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw")),
+        KernelSpec("depthwise", "depthwise_grad_weight_kernel", "depthwise_grad_weight_kernel", "depthwise",
+                   ("dy_ptr", "x_ptr"), acc_pointers=("dw_ptr", "db_ptr"), constexprs=(("R", 3), ("S", 3)),
+                   ones=("sdk", "sxc"), strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw")),
         KernelSpec("epilogue", "epilogue_kernel", "epilogue_kernel", "epilogue",
                    ("x_ptr", "y_ptr", "bias_ptr", "scale_ptr", "shift_ptr"), constexprs=full_epilogue),
     ]
@@ -88,6 +97,8 @@ def _jobs(archs, quick):
     for spec in specs():
         classes = _config.load(spec.config_op)[spec.config]
         for dt, (_, _, _, cls) in DTYPES.items():
+            if "any" in classes and dt == "fp32-ieee":
+                continue  # no tl.dot: identical to the fp32-tf32 build
             for ci, cfg in enumerate(classes.get(cls, classes.get("any", []))):
                 if quick and ci > 0:
                     break

@@ -24,18 +24,25 @@ def cpu_check(device_type, dtype):
     return None
 
 
-def triton_check(device_type, dtype):
+def triton_check_elementwise(device_type, dtype):
+    """Triton kernels without tl.dot (depthwise, epilogue)."""
     ok, why = backends.triton_status()
     if not ok:
         return why
     if device_type == "cpu":
         if not backends.triton_interpreting():
             return "CPU tensors run Triton kernels only under TRITON_INTERPRET=1"
-        if dtype == torch.bfloat16:
-            return "the Triton interpreter has no bfloat16 tl.dot"
     elif device_type != "cuda":
         return f"Triton kernels do not run on {device_type} tensors"
     return None
+
+
+def triton_check(device_type, dtype):
+    """Triton kernels built on tl.dot."""
+    why = triton_check_elementwise(device_type, dtype)
+    if why is None and device_type == "cpu" and dtype == torch.bfloat16:
+        return "the Triton interpreter has no bfloat16 tl.dot"
+    return why
 
 
 def _cuda_check(device_type, dtype):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from effconv import _ext, backends
 from effconv.ops._conv_family import ConvFamily
-from effconv.ops.conv2d import cpu_check, triton_check
+from effconv.ops.conv2d import cpu_check, triton_check_elementwise
 
 
 def check_weight(op, input_size, weight_size):
@@ -31,7 +31,7 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
 def _table(op: str) -> backends.OpBackends:
     return backends.OpBackends(
         op,
-        checks={"cpu": cpu_check, "triton": triton_check, "torch": lambda d, t: None},
+        checks={"cpu": cpu_check, "triton": triton_check_elementwise, "torch": lambda d, t: None},
         auto_order={"cpu": ("cpu", "triton", "torch"), "cuda": ("triton", "torch")},
         auto_reason={"cpu": "auto: C++ kernels for CPU tensors", "cuda": "auto: Triton kernels for CUDA tensors"},
     )
@@ -39,6 +39,12 @@ def _table(op: str) -> backends.OpBackends:
 
 def _c():
     return _ext.C()
+
+
+def _triton():
+    from effconv.kernels import depthwise as k  # lazy: imports triton
+
+    return k
 
 
 
@@ -49,10 +55,13 @@ FAMILY = ConvFamily(
             "grad_weight": _table("depthwise_conv2d_grad_weight")},
     runners={
         "forward": {"cpu": lambda x, w, b, sc, sh, st, p, d, g, act, out:
-                    _c().depthwise_conv2d_forward_cpu(x, w, b, sc, sh, st, p, d, act, out)},
-        "grad_input": {"cpu": lambda dy, w, st, p, d, g, out: _c().depthwise_conv2d_grad_input_cpu(dy, w, st, p, d, out)},
+                    _c().depthwise_conv2d_forward_cpu(x, w, b, sc, sh, st, p, d, act, out),
+                    "triton": lambda *a: _triton().forward(*a)},
+        "grad_input": {"cpu": lambda dy, w, st, p, d, g, out: _c().depthwise_conv2d_grad_input_cpu(dy, w, st, p, d, out),
+                       "triton": lambda *a: _triton().grad_input(*a)},
         "grad_weight": {"cpu": lambda dy, x, st, p, d, g, gw, gb:
-                        _c().depthwise_conv2d_grad_weight_cpu(dy, x, st, p, d, gw, gb)},
+                        _c().depthwise_conv2d_grad_weight_cpu(dy, x, st, p, d, gw, gb),
+                        "triton": lambda *a: _triton().grad_weight(*a)},
     },
     describe=kernel_name,
     check_weight=check_weight,

@@ -13,7 +13,7 @@ import torch
 
 from effconv import _ext, backends
 from effconv.ops import _common as c
-from effconv.ops.conv2d import cpu_check, reference_epilogue, triton_check
+from effconv.ops.conv2d import cpu_check, reference_epilogue, triton_check_elementwise
 
 OP = "epilogue"
 
@@ -44,7 +44,7 @@ def _cuda_check(device_type, dtype):
 
 TABLE = backends.OpBackends(
     OP,
-    checks={"cpu": cpu_check, "cuda": _cuda_check, "triton": triton_check, "torch": lambda d, t: None},
+    checks={"cpu": cpu_check, "cuda": _cuda_check, "triton": triton_check_elementwise, "torch": lambda d, t: None},
     auto_order={"cpu": ("cpu", "torch"), "cuda": ("triton", "cuda", "torch")},
     auto_reason={"cpu": "auto: C++ kernels for CPU tensors", "cuda": "auto: Triton kernels for CUDA tensors"},
 )
