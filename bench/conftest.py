@@ -105,6 +105,8 @@ def _table(rows_by_key) -> list[str]:
             for p in provs:
                 if p not in providers:
                     providers.append(p)
+        first_seen = {p: i for i, p in enumerate(providers)}
+        providers.sort(key=lambda p: (not p.startswith("torch"), first_seen[p]))
         torch_provs = [p for p in providers if p.startswith("torch")]
         ours = [p for p in providers if not p.startswith("torch")]
         head = ["case", "mode"] + [f"{p} ms" for p in providers] + [f"x {p}" for p in ours] + ["target", "GFLOP/s", "GB/s"]

@@ -32,6 +32,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef EFFCONV_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def("epilogue_cuda", &effconv::cuda::epilogue, nogil);
+  m.def("depthwise_conv2d_forward_cuda", &effconv::cuda::depthwise_conv2d_forward, nogil);
+  m.def("depthwise_conv2d_grad_input_cuda", &effconv::cuda::depthwise_conv2d_grad_input, nogil);
+  m.def("depthwise_conv2d_grad_weight_cuda", &effconv::cuda::depthwise_conv2d_grad_weight, nogil);
 #else
   m.attr("with_cuda") = false;
 #endif

@@ -156,11 +156,12 @@ def choose(table: OpBackends, device: torch.device, dtype: torch.dtype,
     if not record:
         return Choice(table.op, backend, requested, reason, describe() if describe else "", fell_back)
     if _recorders or fell_back:
-        _record(Choice(table.op, backend, requested, reason, describe() if describe else "", fell_back))
+        report_choice(Choice(table.op, backend, requested, reason, describe() if describe else "", fell_back))
     return backend
 
 
-def _record(choice: Choice) -> None:
+def report_choice(choice: Choice) -> None:
+    """Report a choice to explain() recorders (and log it once if it fell back)."""
     for rec in _recorders:
         rec.append(choice)
     if choice.fell_back:
@@ -168,6 +169,10 @@ def _record(choice: Choice) -> None:
         if key not in _logged:
             _logged.add(key)
             log.warning("effconv.%s runs on backend '%s': %s", choice.op, choice.backend, choice.reason)
+
+
+def recording_active() -> bool:
+    return bool(_recorders)
 
 
 @contextlib.contextmanager

@@ -45,3 +45,31 @@ def test_tf32_relative_error_near_3e4():
     ref = torch.nn.functional.conv2d(x.double(), w.double(), None, case.stride, case.padding)
     rel = ((y.double() - ref).norm() / ref.norm()).item()
     assert rel < 3e-3
+
+
+from depthwise_cases import DW_CASES  # noqa: E402
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("case", [c.param() for c in DW_CASES])
+def test_depthwise_cuda(case, layout, dtype, backend, no_tf32):
+    from test_conv2d import run_case
+
+    run_case(case, dtype, layout, backend=backend, device="cuda", epilogue=True, activation="relu6")
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_depthwise_cuda_backward_deterministic(backend):
+    import effconv
+
+    x = torch.randn(8, 64, 28, 28, device="cuda").contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(64, 1, 3, 3, device="cuda", requires_grad=True)
+    dy = torch.randn(8, 64, 28, 28, device="cuda").contiguous(memory_format=torch.channels_last)
+    grads = []
+    with effconv.use_backend(backend):
+        for _ in range(2):
+            y = effconv.functional.depthwise_conv2d(x, w, None, 1, 1)
+            grads.append(torch.autograd.grad(y, (x, w), dy))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -140,3 +140,14 @@ def test_depthwise_64bit_indexing():
         ref = F.conv2d(F.pad(crop, pad), weight[ch:ch + 1].double())
         got = y[:, ch, r, col].double()
         assert torch.allclose(got, ref.flatten()[0:1], rtol=2e-3, atol=2e-3), (ch, r, col, got, ref)
+
+
+from test_conv2d import other_isa  # noqa: E402,F401  (fixture: the AVX2 and baseline builds)
+
+
+@pytest.mark.parametrize("case", [DW_BY_NAME[n].param() for n in ("dw3x3_s2", "dw3x3_odd_channels", "dw7x7",
+                                                                  "dw3x3_big_plane")])
+def test_depthwise_other_isa_builds(other_isa, case, gen):  # noqa: F811
+    for layout in ("nchw", "channels_last"):
+        run_case(case, torch.float32, layout, gen=gen, activation="silu", epilogue=True)
+    run_case(case, torch.float64, "channels_last", gen=gen)

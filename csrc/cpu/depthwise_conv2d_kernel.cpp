@@ -240,30 +240,37 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dSha
                       at::Tensor* db) {
   const IsaKernels& isa = isa_kernels();
   const int64_t L = isa.lanes<T>(), RS = s.taps(), C = s.C, cpad = ceil_div(C, L) * L;
-  const std::vector<T> zeros(cpad, T(0));
   const int64_t rows = s.N * s.P;
+  // A fixed number of parts, each with private partials summed in part
+  // order afterwards: deterministic for a given thread count, no atomics.
   const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   std::vector<T> parts(nparts * RS * cpad, T(0)), bparts(nparts * cpad, T(0));
   const T* xp = x.data_ptr<T>();
   const T* dyp = dy.data_ptr<T>();
   at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> a(s.Q * RS), d(s.Q);
+    std::vector<const T*> in_rows(s.R);
     for (int64_t part = begin; part < end; ++part) {
-      DwWGradArgs<T> args;
-      args.a = a.data();
-      args.d = d.data();
-      args.zero = zeros.data();
-      args.m = s.Q;
-      args.ntaps = RS;
-      args.channels = C;
+      DwWGradRowArgs<T> args;
+      args.rows = in_rows.data();
+      args.R = s.R;
+      args.S = s.S;
+      args.W = s.W;
+      args.Q = s.Q;
+      args.C = C;
+      args.stride = s.stride_w;
+      args.pad = s.pad_w;
+      args.dil = s.dil_w;
       args.cpad = cpad;
       args.dw = parts.data() + part * RS * cpad;
       args.db = db ? bparts.data() + part * cpad : nullptr;
       for (int64_t np = part * rows / nparts; np < (part + 1) * rows / nparts; ++np) {
         const int64_t n = np / s.P, p = np % s.P;
-        build_forward_row<T>(s, xp, zeros.data(), n, p, a.data());
-        for (int64_t q = 0; q < s.Q; ++q) d[q] = dyp + ((n * s.P + p) * s.Q + q) * C;
-        isa.dwwgrad(args);
+        for (int64_t kr = 0; kr < s.R; ++kr) {
+          const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+          in_rows[kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * C : nullptr;
+        }
+        args.dy = dyp + (n * s.P + p) * s.Q * C;
+        isa.dwwgradrow(args);
       }
     }
   });
@@ -353,10 +360,21 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
   const at::Tensor dy = as_nhwc(grad_output, ct);
   at::Tensor work = nhwc_work(grad_input, ct);
-  if (ct == at::kDouble)
+  // Stride 1: grad_input is the forward on the flipped kernel with padding
+  // (k - 1) * dil - pad (when that is non-negative): the direct row kernel.
+  const int64_t fpad_h = (s.R - 1) * s.dil_h - s.pad_h, fpad_w = (s.S - 1) * s.dil_w - s.pad_w;
+  if (s.stride_h == 1 && s.stride_w == 1 && fpad_h >= 0 && fpad_w >= 0) {
+    const at::Tensor flipped = weight.flip({2, 3});
+    const Conv2dShape fs = make_conv2d_shape(dy, flipped, stride, {fpad_h, fpad_w}, dilation, s.C);
+    if (ct == at::kDouble)
+      forward_nhwc<double>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, work);
+    else
+      forward_nhwc<float>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, work);
+  } else if (ct == at::kDouble) {
     grad_input_nhwc<double>(dy, weight, s, work);
-  else
+  } else {
     grad_input_nhwc<float>(dy, weight, s, work);
+  }
   commit_to(grad_input, work);
 }
 

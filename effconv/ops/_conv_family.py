@@ -109,6 +109,9 @@ class ConvFamily:
     runners: dict  # same keys -> {backend name: Runner}; 'torch' is provided here
     describe: Callable  # (weight_size, stride, padding, dilation, groups) -> kernel name for explain()
     check_weight: Callable | None = None  # extra family-specific weight check(op, input_size, weight_size)
+    # Per-call 'auto' rule on CUDA tensors, (kind, tensor, weight_size, stride, padding, dilation, groups)
+    # -> (backend, reason), for families with more than one GPU backend.
+    gpu_rule: Callable | None = None
 
     def __post_init__(self):
         for kind, fn in (("forward", _torch_forward), ("grad_input", _torch_grad_input),
@@ -157,7 +160,15 @@ class ConvFamily:
 
     # ----------------------------------------------------------- computations
     def _route(self, kind, t, weight_size, stride, padding, dilation, groups) -> str:
-        return backends.choose(self.tables[kind], t.device, t.dtype,
+        table = self.tables[kind]
+        if self.gpu_rule is not None and t.device.type == "cuda" and backends.requested_backend() == "auto":
+            name, reason = self.gpu_rule(kind, t, weight_size, stride, padding, dilation, groups)
+            if table.checks[name]("cuda", t.dtype) is None:
+                if backends.recording_active():
+                    backends.report_choice(backends.Choice(table.op, name, "auto", "auto: " + reason,
+                                                    self.describe(weight_size, stride, padding, dilation, groups)))
+                return name
+        return backends.choose(table, t.device, t.dtype,
                                lambda: self.describe(weight_size, stride, padding, dilation, groups))
 
     def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):

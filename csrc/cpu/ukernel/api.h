@@ -169,19 +169,18 @@ struct DwRowArgs {
   EpilogueArgs<T> ep;    // padded to cpad
 };
 
-// Depthwise weight gradient over channels_last pixels:
-//   dw[tap(t)][c] += sum_i D[i][c] * A[i, t][c];  db[c] += sum_i D[i][c] (if db)
-// with D[i] = d[i] (output-gradient pixel pointers) and A as in DwConvArgs.
+// Depthwise weight gradient of one channels_last output row (multiplier 1):
+//   dw[r][s][c] += sum_q dy[q][c] * row_r[q * stride - pad + s * dil][c];  db[c] += sum_q dy[q][c]
+// rows[r] as in DwRowArgs (null: padding row). Each tap's valid q range is
+// computed once, so the pixel loop has no checks.
 template <typename T>
-struct DwWGradArgs {
-  const T* const* a = nullptr;
-  const T* zero = nullptr;
-  const T* const* d = nullptr;
-  int64_t m = 0;
-  int64_t ntaps = 0;
-  int64_t channels = 0;
+struct DwWGradRowArgs {
+  const T* const* rows = nullptr;
+  const T* dy = nullptr;  // output-gradient row, pixel q channel c at dy[q * C + c]
+  int64_t R = 0, S = 0, W = 0, Q = 0, C = 0;
+  int64_t stride = 1, pad = 0, dil = 1;
   int64_t cpad = 0;
-  T* dw = nullptr;  // [ntaps][cpad], accumulated into
+  T* dw = nullptr;  // [R*S][cpad], accumulated into
   T* db = nullptr;  // [cpad] or null, accumulated into
 };
 
@@ -259,12 +258,12 @@ struct IsaKernels {
   void (*gconv_f64)(const GConvArgs<double>&);
   void (*dwconv_f32)(const DwConvArgs<float>&);
   void (*dwconv_f64)(const DwConvArgs<double>&);
-  void (*dwwgrad_f32)(const DwWGradArgs<float>&);
-  void (*dwwgrad_f64)(const DwWGradArgs<double>&);
   void (*dwplane_f32)(const DwPlaneRowArgs<float>&);
   void (*dwplane_f64)(const DwPlaneRowArgs<double>&);
   void (*dwrow_f32)(const DwRowArgs<float>&);
   void (*dwrow_f64)(const DwRowArgs<double>&);
+  void (*dwwgradrow_f32)(const DwWGradRowArgs<float>&);
+  void (*dwwgradrow_f64)(const DwWGradRowArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -281,12 +280,12 @@ struct IsaKernels {
   void gconv(const GConvArgs<double>& a) const { gconv_f64(a); }
   void dwconv(const DwConvArgs<float>& a) const { dwconv_f32(a); }
   void dwconv(const DwConvArgs<double>& a) const { dwconv_f64(a); }
-  void dwwgrad(const DwWGradArgs<float>& a) const { dwwgrad_f32(a); }
-  void dwwgrad(const DwWGradArgs<double>& a) const { dwwgrad_f64(a); }
   void dwplane(const DwPlaneRowArgs<float>& a) const { dwplane_f32(a); }
   void dwplane(const DwPlaneRowArgs<double>& a) const { dwplane_f64(a); }
   void dwrow(const DwRowArgs<float>& a) const { dwrow_f32(a); }
   void dwrow(const DwRowArgs<double>& a) const { dwrow_f64(a); }
+  void dwwgradrow(const DwWGradRowArgs<float>& a) const { dwwgradrow_f32(a); }
+  void dwwgradrow(const DwWGradRowArgs<double>& a) const { dwwgradrow_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;

@@ -674,49 +674,59 @@ void dwrow(const DwRowArgs<T>& g) {
   }
 }
 
+// Direct depthwise weight gradient of one output row (see DwWGradRowArgs):
+// per channel chunk and tap, one register accumulator per vector over the
+// tap's valid pixels.
 template <typename T, int NVC, bool FULL>
-void dw_wgrad_chunk(const DwWGradArgs<T>& g, int64_t c0, int64_t nlast) {
+inline void dwwgradrow_chunk(const DwWGradRowArgs<T>& g, int64_t c0, int64_t nlast) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
   auto load = [&](const T* p) { return FULL ? vload(p) : vload_n(p, nlast); };
-  for (int64_t t = 0; t < g.ntaps; ++t) {
-    V acc[NVC];
+  for (int64_t s = 0; s < g.S; ++s) {
+    // q with 0 <= q * stride - pad + s * dil < W
+    const int64_t off = s * g.dil - g.pad;
+    int64_t q_lo = off >= 0 ? 0 : (-off + g.stride - 1) / g.stride;
+    int64_t q_hi = (g.W - 1 - off) < 0 ? 0 : (g.W - 1 - off) / g.stride + 1;
+    if (q_hi > g.Q) q_hi = g.Q;
+    if (q_lo >= q_hi) continue;
+    for (int64_t r = 0; r < g.R; ++r) {
+      if (!g.rows[r]) continue;
+      const T* xs = g.rows[r] + off * g.C + c0;
+      V acc[NVC];
 #pragma GCC unroll 8
-    for (int v = 0; v < NVC; ++v) acc[v] = V{};
-    for (int64_t i = 0; i < g.m; ++i) {
-      const T* x = g.a[i * g.ntaps + t];
-      if (x == g.zero) continue;
-      const T* d = g.d[i] + c0;
+      for (int v = 0; v < NVC; ++v) acc[v] = V{};
+      for (int64_t q = q_lo; q < q_hi; ++q) {
+        const T* d = g.dy + q * g.C + c0;
+        const T* x = xs + q * g.stride * g.C;
 #pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) acc[v] += load(d + v * L) * load(x + c0 + v * L);
-    }
+        for (int v = 0; v < NVC; ++v) acc[v] += load(d + v * L) * load(x + v * L);
+      }
+      T* o = g.dw + (r * g.S + s) * g.cpad + c0;
 #pragma GCC unroll 8
-    for (int v = 0; v < NVC; ++v) {
-      T* o = g.dw + t * g.cpad + c0 + v * L;
-      vstore(o, vload(o) + acc[v]);  // dw rows are padded to whole vectors
+      for (int v = 0; v < NVC; ++v) vstore(o + v * L, vload(o + v * L) + acc[v]);
     }
   }
   if (g.db) {
     V acc[NVC];
 #pragma GCC unroll 8
     for (int v = 0; v < NVC; ++v) acc[v] = V{};
-    for (int64_t i = 0; i < g.m; ++i)
+    for (int64_t q = 0; q < g.Q; ++q)
 #pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) acc[v] += load(g.d[i] + c0 + v * L);
+      for (int v = 0; v < NVC; ++v) acc[v] += load(g.dy + q * g.C + c0 + v * L);
 #pragma GCC unroll 8
     for (int v = 0; v < NVC; ++v) vstore(g.db + c0 + v * L, vload(g.db + c0 + v * L) + acc[v]);
   }
 }
 
 template <typename T>
-void dwwgrad(const DwWGradArgs<T>& g) {
+void dwwgradrow(const DwWGradRowArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   constexpr int NVC = kDwVec;
-  const int64_t full_end = g.channels / L * L;
+  const int64_t full_end = g.C / L * L;
   int64_t c0 = 0;
-  for (; c0 + NVC * L <= full_end; c0 += NVC * L) dw_wgrad_chunk<T, NVC, true>(g, c0, L);
-  for (; c0 + L <= full_end; c0 += L) dw_wgrad_chunk<T, 1, true>(g, c0, L);
-  if (c0 < g.channels) dw_wgrad_chunk<T, 1, false>(g, c0, g.channels - c0);
+  for (; c0 + NVC * L <= full_end; c0 += NVC * L) dwwgradrow_chunk<T, NVC, true>(g, c0, L);
+  for (; c0 + L <= full_end; c0 += L) dwwgradrow_chunk<T, 1, true>(g, c0, L);
+  if (c0 < g.C) dwwgradrow_chunk<T, 1, false>(g, c0, g.C - c0);
 }
 
 // One output row of an NCHW plane (see DwPlaneRowArgs): NV vectors of
@@ -811,8 +821,8 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &igemm<float>,    &igemm<double>,       &wgemm<float>,             \
                           &wgemm<double>,   &epilogue_map<float>, &epilogue_map<double>,     \
                           &gconv<float>,    &gconv<double>,       &dwconv<float>,            \
-                          &dwconv<double>,  &dwwgrad<float>,      &dwwgrad<double>,          \
+                          &dwconv<double>,                                                   \
                           &dwplane<float>,  &dwplane<double>,     &dwrow<float>,             \
-                          &dwrow<double>};                                                   \
+                          &dwrow<double>,   &dwwgradrow<float>,   &dwwgradrow<double>};      \
   }                                                                                          \
   }
