@@ -16,13 +16,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Kernels run without the GIL: they touch no Python objects.
   const auto nogil = py::call_guard<py::gil_scoped_release>();
 
-  m.def("conv2d_forward_cpu", &effconv::cpu::conv2d_forward, nogil);
+  m.def("conv2d_forward_cpu", &effconv::cpu::conv2d_forward, py::arg("input"), py::arg("weight"), py::arg("bias"),
+        py::arg("scale"), py::arg("shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("groups"), py::arg("activation"), py::arg("out"), py::arg("stats") = py::none(), nogil);
   m.def("conv2d_grad_input_cpu", &effconv::cpu::conv2d_grad_input, nogil);
   m.def("conv2d_grad_weight_cpu", &effconv::cpu::conv2d_grad_weight, nogil);
-  m.def("depthwise_conv2d_forward_cpu", &effconv::cpu::depthwise_conv2d_forward, nogil);
+  m.def("depthwise_conv2d_forward_cpu", &effconv::cpu::depthwise_conv2d_forward, py::arg("input"),
+        py::arg("weight"), py::arg("bias"), py::arg("scale"), py::arg("shift"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("activation"), py::arg("out"),
+        py::arg("stats") = py::none(), nogil);
   m.def("depthwise_conv2d_grad_input_cpu", &effconv::cpu::depthwise_conv2d_grad_input, nogil);
   m.def("depthwise_conv2d_grad_weight_cpu", &effconv::cpu::depthwise_conv2d_grad_weight, nogil);
   m.def("epilogue_cpu", &effconv::cpu::epilogue, nogil);
+  m.def("bn_act_backward_cpu", &effconv::cpu::bn_act_backward, nogil);
 
   m.def("cpu_isa", [] { return std::string(effconv::cpu::isa_kernels().name); },
         "Name of the ISA build of the CPU microkernels in use.");

@@ -57,6 +57,55 @@ std::vector<T> padded_channel_vector(const c10::optional<at::Tensor>& v, int64_t
   return out;
 }
 
+// Per-thread batch-statistics accumulators for the conv epilogue: thread t
+// adds into its own [sum | sum of squares] rows, and finish() sums the
+// threads in order into `stats` ([2, K] float64): deterministic for a given
+// thread count.
+class StatsPartials {
+ public:
+  // columns: width of one thread's sum (or sumsq) row; null stats: inactive.
+  StatsPartials(const c10::optional<at::Tensor>& stats, int64_t columns)
+      : active_(stats.has_value() && stats->defined()), columns_(columns) {
+    if (active_) {
+      stats_ = *stats;
+      parts_.assign(int64_t(at::get_num_threads()) * 2 * columns, 0.0);
+    }
+  }
+  bool active() const { return active_; }
+  double* sum(int64_t offset = 0) {
+    return active_ ? parts_.data() + int64_t(at::get_thread_num()) * 2 * columns_ + offset : nullptr;
+  }
+  double* sq(int64_t offset = 0) {
+    return active_ ? parts_.data() + (int64_t(at::get_thread_num()) * 2 + 1) * columns_ + offset : nullptr;
+  }
+  // column_of(k): the partial column holding output channel k.
+  template <typename ColumnOf>
+  void finish(int64_t K, const ColumnOf& column_of) {
+    if (!active_) return;
+    TORCH_CHECK(stats_.scalar_type() == at::kDouble && stats_.sizes() == at::IntArrayRef({2, K}) &&
+                    stats_.is_contiguous(),
+                "expected contiguous float64 stats of size [2, ", K, "], got ", stats_.scalar_type(), " ",
+                stats_.sizes());
+    double* out = stats_.data_ptr<double>();
+    const int64_t threads = int64_t(parts_.size()) / (2 * columns_);
+    for (int64_t k = 0; k < K; ++k) {
+      double a = 0, b = 0;
+      for (int64_t t = 0; t < threads; ++t) {
+        a += parts_[t * 2 * columns_ + column_of(k)];
+        b += parts_[(t * 2 + 1) * columns_ + column_of(k)];
+      }
+      out[k] = a;
+      out[K + k] = b;
+    }
+  }
+
+ private:
+  bool active_;
+  int64_t columns_;
+  at::Tensor stats_;
+  std::vector<double> parts_;
+};
+
 inline Conv2dShape make_conv2d_shape(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   EFFCONV_CHECK_DIM(input, 4);

@@ -158,7 +158,8 @@ std::vector<T> pack_gconv_weight(int64_t ncols, int64_t taps, int64_t reduce, in
 template <typename T>
 void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
-                   const c10::optional<at::Tensor>& shift, int act, at::Tensor& out) {
+                   const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
+                   const c10::optional<at::Tensor>& stats) {
   const IsaKernels& isa = isa_kernels();
   const int lanes = isa.lanes<T>();
   const int64_t RS = s.taps(), M = s.N * s.P * s.Q;
@@ -197,6 +198,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
     args.c_cstride = ok;
     args.ep = {bias_p.empty() ? nullptr : bias_p.data(), scale_p.empty() ? nullptr : scale_p.data(),
                shift_p.empty() ? nullptr : shift_p.data(), act};
+    StatsPartials partials(stats, kpad);
     for_each_tile<T>(
         tiles, mc, RS, vsplit,
         [&](int64_t tile, const T** a, T** c) {
@@ -211,8 +213,11 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
           part.m = rows;
           part.vb_begin = split * nvb / vsplit;
           part.vb_end = (split + 1) * nvb / vsplit;
+          part.ep.stat_sum = partials.sum();
+          part.ep.stat_sq = partials.sq();
           isa.gconv(part);
         });
+    partials.finish(s.K, [](int64_t k) { return k; });
     return;
   }
 
@@ -248,6 +253,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   const ReductionBlocking rb = reduction_blocking(RS, Cg, nr, sizeof(T));
   const int64_t mc = rows_per_tile(M, rb.taps * rb.k, sizeof(T), isa.mr(nv));
   const int64_t tiles = ceil_div(M, mc);
+  StatsPartials partials(stats, G * kpad);
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
   // A 1x1, stride-1, unpadded conv into a channels_last output is a plain
@@ -298,9 +304,12 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
           part.ep.bias = bias_p.empty() ? nullptr : bias_p.data() + g * kpad;
           part.ep.scale = scale_p.empty() ? nullptr : scale_p.data() + g * kpad;
           part.ep.shift = shift_p.empty() ? nullptr : shift_p.data() + g * kpad;
+          part.ep.stat_sum = partials.sum(g * kpad);
+          part.ep.stat_sq = partials.sq(g * kpad);
           isa.igemm(part);
         }
       });
+  partials.finish(s.K, [&](int64_t k) { return (k / Kg) * kpad + k % Kg; });
 }
 
 // ---------------------------------------------------------------------------
@@ -611,7 +620,7 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
 void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                    int64_t activation, at::Tensor& out) {
+                    int64_t activation, at::Tensor& out, const c10::optional<at::Tensor>& stats) {
   EFFCONV_CHECK_CPU(input);
   EFFCONV_CHECK_CPU(weight);
   EFFCONV_CHECK_SAME_DTYPE(input, weight);
@@ -624,9 +633,9 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
   const at::Tensor w = weight.to(ct).contiguous();
   OutBuffer ob(out, ct);
   if (ct == at::kDouble)
-    forward_typed<double>(x, w, s, bias, scale, shift, int(activation), ob.work());
+    forward_typed<double>(x, w, s, bias, scale, shift, int(activation), ob.work(), stats);
   else
-    forward_typed<float>(x, w, s, bias, scale, shift, int(activation), ob.work());
+    forward_typed<float>(x, w, s, bias, scale, shift, int(activation), ob.work(), stats);
   ob.commit();
 }
 

@@ -61,7 +61,8 @@ void build_forward_row(const Conv2dShape& s, const T* xp, const T* zero, int64_t
 template <typename T>
 void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
-                  const c10::optional<at::Tensor>& shift, int act, at::Tensor& out) {
+                  const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
+                  const c10::optional<at::Tensor>& stats = c10::nullopt) {
   const IsaKernels& isa = isa_kernels();
   const int64_t L = isa.lanes<T>(), RS = s.taps(), C = s.C, cpad = ceil_div(C, L) * L;
   const std::vector<T> wp = pack_depthwise_weight<T>(weight, RS, cpad);
@@ -93,10 +94,13 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dSha
   // output row did not read are r * dil > (R - 1) * dil - stride.
   args.fresh_from = 0;
   while (args.fresh_from < s.R && args.fresh_from * s.dil_h <= (s.R - 1) * s.dil_h - s.stride_h) ++args.fresh_from;
+  StatsPartials partials(stats, cpad);
   at::parallel_for(0, s.N * s.P, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> rows(s.R);
     DwRowArgs<T> row = args;
     row.rows = rows.data();
+    row.ep.stat_sum = partials.sum();
+    row.ep.stat_sq = partials.sq();
     for (int64_t np = begin; np < end; ++np) {
       const int64_t n = np / s.P, p = np % s.P;
       for (int64_t kr = 0; kr < s.R; ++kr) {
@@ -107,6 +111,7 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dSha
       isa.dwrow(row);
     }
   });
+  partials.finish(C, [](int64_t k) { return k; });
 }
 
 // ---------------------------------------------------------------------------
@@ -114,7 +119,8 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dSha
 template <typename In, typename T, typename Out>
 void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Conv2dShape& s,
                     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
-                    const c10::optional<at::Tensor>& shift, int act, at::Tensor& out) {
+                    const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
+                    const c10::optional<at::Tensor>& stats) {
   const IsaKernels& isa = isa_kernels();
   const int64_t L = isa.lanes<T>(), RS = s.taps();
   const int64_t mult = s.K / s.C;
@@ -134,6 +140,7 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
   Out* op = out.data_ptr<Out>();
   const int64_t on = out.stride(0), ok = out.stride(1), oh = out.stride(2), ow = out.stride(3);
 
+  StatsPartials partials(stats, s.K);
   at::parallel_for(0, s.N * s.K * bands, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> phases, row_out(s.Q);
     std::vector<const T*> rows(s.R);
@@ -171,6 +178,8 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
       args.scale = scale_v.empty() ? T(1) : scale_v[k];
       args.shift = shift_v.empty() ? T(0) : shift_v[k];
       args.act = act;
+      args.stat_sum = partials.sum(k);
+      args.stat_sq = partials.sq(k);
       constexpr bool direct = std::is_same_v<T, Out>;
       for (int64_t p = p0; p < p1; ++p) {
         for (int64_t kr = 0; kr < s.R; ++kr) {
@@ -191,6 +200,7 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
       }
     }
   });
+  partials.finish(s.K, [](int64_t k) { return k; });
 }
 
 // ---------------------------------------------------------------------------
@@ -313,7 +323,8 @@ Conv2dShape depthwise_shape(const at::Tensor& input, const at::Tensor& weight, a
 void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                               const c10::optional<at::Tensor>& shift, at::IntArrayRef stride, at::IntArrayRef padding,
-                              at::IntArrayRef dilation, int64_t activation, at::Tensor& out) {
+                              at::IntArrayRef dilation, int64_t activation, at::Tensor& out,
+                              const c10::optional<at::Tensor>& stats) {
   EFFCONV_CHECK_CPU(input);
   EFFCONV_CHECK_CPU(weight);
   EFFCONV_CHECK_SAME_DTYPE(input, weight);
@@ -324,7 +335,7 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::ScalarType ct = compute_type(input.scalar_type());
   const bool nhwc = out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
   if (nhwc && s.K != s.C) {  // channel multiplier: the group-vectorised conv2d kernel
-    conv2d_forward(input, weight, bias, scale, shift, stride, padding, dilation, s.C, activation, out);
+    conv2d_forward(input, weight, bias, scale, shift, stride, padding, dilation, s.C, activation, out, stats);
     return;
   }
   // Small NCHW planes (late MobileNet stages) cost more in per-plane set-up
@@ -333,15 +344,15 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor x = as_nhwc(input, ct);
     at::Tensor work = nhwc_work(out, ct);
     if (ct == at::kDouble)
-      forward_nhwc<double>(x, weight, s, bias, scale, shift, int(activation), work);
+      forward_nhwc<double>(x, weight, s, bias, scale, shift, int(activation), work, stats);
     else
-      forward_nhwc<float>(x, weight, s, bias, scale, shift, int(activation), work);
+      forward_nhwc<float>(x, weight, s, bias, scale, shift, int(activation), work, stats);
     commit_to(out, work);
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_planes", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    forward_planes<scalar_t, T, scalar_t>(input, weight, s, bias, scale, shift, int(activation), out);
+    forward_planes<scalar_t, T, scalar_t>(input, weight, s, bias, scale, shift, int(activation), out, stats);
   });
 }
 

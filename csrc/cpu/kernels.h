@@ -1,4 +1,6 @@
-// Torch-facing CPU kernels. Each writes into caller-allocated outputs: the
+// Torch-facing CPU kernels. Forward kernels optionally accumulate batch
+// statistics of their output (stats: float64 [2, K], sum and sum of squares
+// per channel) for training-mode BatchNorm. Each writes into caller-allocated outputs: the
 // Python op layer owns allocation (layout rule, debug poisoning) and
 // argument validation; these re-check what memory safety depends on.
 #pragma once
@@ -10,7 +12,7 @@ namespace cpu {
 void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                    int64_t activation, at::Tensor& out);
+                    int64_t activation, at::Tensor& out, const c10::optional<at::Tensor>& stats = c10::nullopt);
 
 void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::Tensor& grad_input);
@@ -22,7 +24,8 @@ void conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, 
 void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                               const c10::optional<at::Tensor>& shift, at::IntArrayRef stride, at::IntArrayRef padding,
-                              at::IntArrayRef dilation, int64_t activation, at::Tensor& out);
+                              at::IntArrayRef dilation, int64_t activation, at::Tensor& out,
+                              const c10::optional<at::Tensor>& stats = c10::nullopt);
 
 void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& grad_input);
@@ -30,6 +33,10 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
 void depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& grad_weight,
                                   const c10::optional<at::Tensor>& grad_bias);
+
+void bn_act_backward(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& mean, const at::Tensor& invstd,
+                     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
+                     int64_t activation, at::Tensor& grad_z, at::Tensor& grad_gamma, at::Tensor& grad_beta);
 
 void epilogue(const at::Tensor& input, const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
               const c10::optional<at::Tensor>& shift, int64_t activation, at::Tensor& out);

@@ -18,6 +18,11 @@ struct EpilogueArgs {
   const T* scale = nullptr;
   const T* shift = nullptr;
   int act = 0;
+  // Batch statistics of the stored values (training-mode BatchNorm after the
+  // conv): per column, sum and sum of squares added in double. Per-thread
+  // arrays, summed in a fixed order by the caller.
+  double* stat_sum = nullptr;
+  double* stat_sq = nullptr;
 };
 
 // Indirect GEMM (Dukhan, "The Indirect Convolution Algorithm", 2019):
@@ -199,6 +204,33 @@ struct DwPlaneRowArgs {
   T bias = 0, scale = 1, shift = 0;
   int act = 0;
   T* out = nullptr;      // Q contiguous outputs
+  double* stat_sum = nullptr;  // batch statistics of this plane's channel (see EpilogueArgs)
+  double* stat_sq = nullptr;
+};
+
+// Backward of training-mode BatchNorm followed by an activation, over
+// channels_last rows (or NCHW planes, as in EpilogueMapArgs), per channel c:
+//   u = (z - mean) * invstd * gamma + beta,  g = dy * act'(u),  xhat = (z - mean) * invstd
+//   reduce: sum_g[c] += sum g,  sum_gx[c] += sum g * xhat         (double, per thread)
+//   apply:  dz = k1[c] * g + k2[c] * xhat + k3[c]
+template <typename T>
+struct BnActArgs {
+  const T* dy = nullptr;
+  const T* z = nullptr;
+  T* dz = nullptr;
+  int64_t rows = 0, cols = 0;
+  bool planes = false;
+  int64_t channels = 0, first_row = 0;
+  const T* mean = nullptr;    // per channel (unpadded)
+  const T* invstd = nullptr;
+  const T* gamma = nullptr;
+  const T* beta = nullptr;
+  int act = 0;
+  double* sum_g = nullptr;    // reduce pass
+  double* sum_gx = nullptr;
+  const T* k1 = nullptr;      // apply pass
+  const T* k2 = nullptr;
+  const T* k3 = nullptr;
 };
 
 // Row-wise standalone epilogue over `rows` vectors of `cols` contiguous
@@ -264,6 +296,10 @@ struct IsaKernels {
   void (*dwrow_f64)(const DwRowArgs<double>&);
   void (*dwwgradrow_f32)(const DwWGradRowArgs<float>&);
   void (*dwwgradrow_f64)(const DwWGradRowArgs<double>&);
+  void (*bnact_reduce_f32)(const BnActArgs<float>&);
+  void (*bnact_reduce_f64)(const BnActArgs<double>&);
+  void (*bnact_apply_f32)(const BnActArgs<float>&);
+  void (*bnact_apply_f64)(const BnActArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -286,6 +322,10 @@ struct IsaKernels {
   void dwrow(const DwRowArgs<double>& a) const { dwrow_f64(a); }
   void dwwgradrow(const DwWGradRowArgs<float>& a) const { dwwgradrow_f32(a); }
   void dwwgradrow(const DwWGradRowArgs<double>& a) const { dwwgradrow_f64(a); }
+  void bnact_reduce(const BnActArgs<float>& a) const { bnact_reduce_f32(a); }
+  void bnact_reduce(const BnActArgs<double>& a) const { bnact_reduce_f64(a); }
+  void bnact_apply(const BnActArgs<float>& a) const { bnact_apply_f32(a); }
+  void bnact_apply(const BnActArgs<double>& a) const { bnact_apply_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;

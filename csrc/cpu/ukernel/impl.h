@@ -90,6 +90,12 @@ inline vec_t<T> vload_n(const T* p, int64_t n) {
   for (int64_t l = 0; l < n; ++l) tmp[l] = p[l];
   return vload(tmp);
 }
+// A vector of n <= L values (full load when n == L).
+template <typename T>
+inline vec_t<T> vload_any(const T* p, int64_t n) {
+  return n == VecTraits<T>::L ? vload(p) : vload_n(p, n);
+}
+
 template <typename T>
 inline void vstore_n(T* p, vec_t<T> v, int64_t n, int64_t stride = 1) {
   T tmp[VecTraits<T>::L];
@@ -169,6 +175,19 @@ inline vec_t<T> apply_epilogue(vec_t<T> z, const EpilogueArgs<T>& ep, int64_t co
   return activate<T>(z, ep.act);
 }
 
+// Adds the first n lanes of per-column partial sums to the epilogue's
+// batch-statistics arrays (double: sums over millions of pixels).
+template <typename T>
+inline void add_stats(const EpilogueArgs<T>& ep, int64_t col, vec_t<T> sum, vec_t<T> sq, int64_t n) {
+  T ts[VecTraits<T>::L], tq[VecTraits<T>::L];
+  vstore(ts, sum);
+  vstore(tq, sq);
+  for (int64_t l = 0; l < n; ++l) {
+    ep.stat_sum[col + l] += ts[l];
+    ep.stat_sq[col + l] += tq[l];
+  }
+}
+
 constexpr int kMr1 = ukernel_mr(EFFCONV_VEC_REGS, 1);
 constexpr int kMr2 = ukernel_mr(EFFCONV_VEC_REGS, 2);
 constexpr int kMr3 = ukernel_mr(EFFCONV_VEC_REGS, 3);
@@ -210,7 +229,10 @@ __attribute__((noinline)) void igemm_store_partial(const IGemmArgs<T>& g, const 
         for (int64_t l = 0; l < n; ++l) tmp[l] = dst[l * g.c_cstride];
         z += vload(tmp);
       }
-      if (last) z = apply_epilogue<T>(z, g.ep, col);
+      if (last) {
+        z = apply_epilogue<T>(z, g.ep, col);
+        if (g.ep.stat_sum) add_stats(g.ep, col, z, z * z, n);
+      }
       if (g.c_cstride == 1 && n == L)
         vstore(dst, z);
       else
@@ -286,6 +308,9 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
   }
   const bool affine = g.ep.scale || g.ep.shift;
   const bool stream = g.stream && first;  // partial sums were cached: keep them there
+  vec_t<T> ssum[NV], ssq[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) ssum[v] = ssq[v] = vec_t<T>{};
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) {
     T* crow = c_row(g, i0 + i) + col0;
@@ -294,12 +319,16 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
       vec_t<T> z = acc[i][v] + ep_bias[v];
       if (affine) z = z * ep_scale[v] + ep_shift[v];
       z = activate<T>(z, g.ep.act);
+      ssum[v] += z;
+      ssq[v] += z * z;
       if (stream)
         vstream(crow + v * L, z);
       else
         vstore(crow + v * L, z);
     }
   }
+  if (g.ep.stat_sum)
+    for (int v = 0; v < NV; ++v) add_stats(g.ep, col0 + v * L, ssum[v], ssq[v], L);
 }
 
 // Panels outside, reduction blocks next, row blocks inside: one reduction
@@ -479,14 +508,18 @@ void gconv_block(const GConvArgs<T>& g, int64_t vb, int64_t i0, int64_t mv, ivec
   }
   const int64_t col = vb * L;
   const int64_t nvalid = g.ncols - col < L ? g.ncols - col : L;
+  V ssum{}, ssq{};
   for (int64_t i = 0; i < mv; ++i) {
     T* crow = g.c[i0 + i] + g.c_off;
     const V z = apply_epilogue<T>(acc[i], g.ep, col);
+    ssum += z;
+    ssq += z * z;
     if (g.c_cstride == 1 && nvalid == L)
       vstore(crow + col, z);
     else
       vstore_n(crow + col * g.c_cstride, z, nvalid, g.c_cstride);
   }
+  if (g.ep.stat_sum) add_stats(g.ep, col, ssum, ssq, nvalid);
 }
 
 template <typename T>
@@ -623,6 +656,9 @@ inline void dwrow_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c
       }
     }
   }
+  V ssum[NVC], ssq[NVC];
+#pragma GCC unroll 8
+  for (int v = 0; v < NVC; ++v) ssum[v] = ssq[v] = V{};
 #pragma GCC unroll 16
   for (int j = 0; j < QB; ++j) {
     if (CHECK && j >= qv) break;
@@ -630,6 +666,8 @@ inline void dwrow_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c
     for (int v = 0; v < NVC; ++v) {
       T* dst = g.out + (q0 + j) * g.out_ps + c0 + v * L;
       const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
+      ssum[v] += z;
+      ssq[v] += z * z;
       if (!FULL)
         vstore_n(dst, z, nlast);
       else if (g.stream)
@@ -638,6 +676,8 @@ inline void dwrow_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c
         vstore(dst, z);
     }
   }
+  if (g.ep.stat_sum)
+    for (int v = 0; v < NVC; ++v) add_stats(g.ep, c0 + v * L, ssum[v], ssq[v], FULL ? L : nlast);
 }
 
 // All channels of QB output pixels: consecutive pixels' channels are
@@ -749,14 +789,30 @@ inline void dwplane_step(const DwPlaneRowArgs<T>& g, int64_t q0) {
       for (int j = 0; j < NV; ++j) acc[j] += vload(src + j * L) * w;
     }
   }
+  V ssum{}, ssq{};
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const int64_t q = q0 + j * L;
-    const V z = activate<T>((acc[j] + g.bias) * g.scale + g.shift, g.act);
-    if (q + L <= g.Q)
+    V z = activate<T>((acc[j] + g.bias) * g.scale + g.shift, g.act);
+    if (q + L <= g.Q) {
       vstore(g.out + q, z);
-    else
+    } else {
       vstore_n(g.out + q, z, g.Q - q);
+      T tmp[L] = {};  // statistics over the valid lanes only
+      for (int64_t l = 0; l < g.Q - q; ++l) tmp[l] = g.out[q + l];
+      z = vload(tmp);
+    }
+    ssum += z;
+    ssq += z * z;
+  }
+  if (g.stat_sum) {
+    T ts[L], tq[L];
+    vstore(ts, ssum);
+    vstore(tq, ssq);
+    double a = 0, b = 0;
+    for (int l = 0; l < L; ++l) a += ts[l], b += tq[l];
+    *g.stat_sum += a;
+    *g.stat_sq += b;
   }
 }
 
@@ -771,6 +827,138 @@ void dwplane(const DwPlaneRowArgs<T>& g) {
     case 3: dwplane_step<T, 3>(g, q0); break;
     case 4: dwplane_step<T, 4>(g, q0); break;
     default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// BatchNorm + activation backward (see BnActArgs).
+template <typename T>
+inline vec_t<T> activation_grad(vec_t<T> u, int act) {
+  const vec_t<T> zero{}, one = vsplat<T>(1);
+  switch (static_cast<Activation>(act)) {
+    case Activation::kReLU:
+      return u > zero ? one : zero;
+    case Activation::kReLU6:
+      return (u > zero) & (u < vsplat<T>(6)) ? one : zero;
+    case Activation::kSiLU: {
+      const vec_t<T> sg = one / (one + vexp(-u));
+      return sg * (one + u * (one - sg));
+    }
+    default:
+      return one;
+  }
+}
+
+// g and xhat for L channels starting at c (params are per-channel vectors).
+template <typename T>
+inline void bnact_terms(const BnActArgs<T>& a, vec_t<T> dy, vec_t<T> z, vec_t<T> mean, vec_t<T> invstd,
+                        vec_t<T> gamma, vec_t<T> beta, vec_t<T>& g, vec_t<T>& xhat) {
+  xhat = (z - mean) * invstd;
+  g = a.act ? dy * activation_grad<T>(xhat * gamma + beta, a.act) : dy;
+}
+
+// Zeroes lanes n.. of a vector (the partial tail of a row must not reach the sums).
+template <typename T>
+inline vec_t<T> keep_lanes(vec_t<T> v, int64_t n) {
+  if (n == VecTraits<T>::L) return v;
+  T t[VecTraits<T>::L];
+  vstore(t, v);
+  for (int64_t l = n; l < VecTraits<T>::L; ++l) t[l] = T(0);
+  return vload(t);
+}
+
+template <typename T>
+void bnact_reduce(const BnActArgs<T>& a) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  if (!a.planes) {
+    // channels_last: float partials per channel over blocks of rows, then double.
+    constexpr int64_t kFlush = 128;
+    T* part_g = static_cast<T*>(__builtin_alloca(sizeof(T) * 2 * (a.cols + L)));
+    T* part_x = part_g + a.cols + L;
+    for (int64_t r0 = 0; r0 < a.rows; r0 += kFlush) {
+      for (int64_t c = 0; c < a.cols + L; ++c) part_g[c] = part_x[c] = T(0);
+      const int64_t r1 = r0 + kFlush < a.rows ? r0 + kFlush : a.rows;
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* dy = a.dy + r * a.cols;
+        const T* z = a.z + r * a.cols;
+        for (int64_t c = 0; c < a.cols; c += L) {
+          const int64_t n = a.cols - c < L ? a.cols - c : L;
+          V g, xhat;
+          bnact_terms(a, vload_any(dy + c, n), vload_any(z + c, n), vload_any(a.mean + c, n),
+                      vload_any(a.invstd + c, n), vload_any(a.gamma + c, n), vload_any(a.beta + c, n), g, xhat);
+          g = keep_lanes<T>(g, n);
+          vstore(part_g + c, vload(part_g + c) + g);
+          vstore(part_x + c, vload(part_x + c) + g * xhat);
+        }
+      }
+      for (int64_t c = 0; c < a.cols; ++c) {
+        a.sum_g[c] += part_g[c];
+        a.sum_gx[c] += part_x[c];
+      }
+    }
+    return;
+  }
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const int64_t ch = (a.first_row + r) % a.channels;
+    const V mean = vsplat(a.mean[ch]), invstd = vsplat(a.invstd[ch]), gamma = vsplat(a.gamma[ch]),
+            beta = vsplat(a.beta[ch]);
+    V sg{}, sx{};
+    const T* dy = a.dy + r * a.cols;
+    const T* z = a.z + r * a.cols;
+    for (int64_t c = 0; c < a.cols; c += L) {
+      const int64_t n = a.cols - c < L ? a.cols - c : L;
+      V g, xhat;
+      bnact_terms(a, vload_any(dy + c, n), vload_any(z + c, n), mean, invstd, gamma, beta, g, xhat);
+      g = keep_lanes<T>(g, n);
+      sg += g;
+      sx += g * xhat;
+    }
+    T tg[L], tx[L];
+    vstore(tg, sg);
+    vstore(tx, sx);
+    double a1 = 0, a2 = 0;
+    for (int l = 0; l < L; ++l) a1 += tg[l], a2 += tx[l];
+    a.sum_g[ch] += a1;
+    a.sum_gx[ch] += a2;
+  }
+}
+
+template <typename T>
+void bnact_apply(const BnActArgs<T>& a) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const T* dy = a.dy + r * a.cols;
+    const T* z = a.z + r * a.cols;
+    T* dz = a.dz + r * a.cols;
+    if (!a.planes) {
+      for (int64_t c = 0; c < a.cols; c += L) {
+        const int64_t n = a.cols - c < L ? a.cols - c : L;
+        V g, xhat;
+        bnact_terms(a, vload_any(dy + c, n), vload_any(z + c, n), vload_any(a.mean + c, n),
+                    vload_any(a.invstd + c, n), vload_any(a.gamma + c, n), vload_any(a.beta + c, n), g, xhat);
+        const V out = vload_any(a.k1 + c, n) * g + vload_any(a.k2 + c, n) * xhat + vload_any(a.k3 + c, n);
+        if (n == L)
+          vstore(dz + c, out);
+        else
+          vstore_n(dz + c, out, n);
+      }
+      continue;
+    }
+    const int64_t ch = (a.first_row + r) % a.channels;
+    const V mean = vsplat(a.mean[ch]), invstd = vsplat(a.invstd[ch]), gamma = vsplat(a.gamma[ch]),
+            beta = vsplat(a.beta[ch]), k1 = vsplat(a.k1[ch]), k2 = vsplat(a.k2[ch]), k3 = vsplat(a.k3[ch]);
+    for (int64_t c = 0; c < a.cols; c += L) {
+      const int64_t n = a.cols - c < L ? a.cols - c : L;
+      V g, xhat;
+      bnact_terms(a, vload_any(dy + c, n), vload_any(z + c, n), mean, invstd, gamma, beta, g, xhat);
+      const V out = k1 * g + k2 * xhat + k3;
+      if (n == L)
+        vstore(dz + c, out);
+      else
+        vstore_n(dz + c, out, n);
+    }
   }
 }
 
@@ -823,6 +1011,8 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &gconv<float>,    &gconv<double>,       &dwconv<float>,            \
                           &dwconv<double>,                                                   \
                           &dwplane<float>,  &dwplane<double>,     &dwrow<float>,             \
-                          &dwrow<double>,   &dwwgradrow<float>,   &dwwgradrow<double>};      \
+                          &dwrow<double>,   &dwwgradrow<float>,   &dwwgradrow<double>,       \
+                          &bnact_reduce<float>, &bnact_reduce<double>, &bnact_apply<float>,  \
+                          &bnact_apply<double>};                                             \
   }                                                                                          \
   }
