@@ -38,7 +38,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef EFFCONV_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def("epilogue_cuda", &effconv::cuda::epilogue, nogil);
-  m.def("depthwise_conv2d_forward_cuda", &effconv::cuda::depthwise_conv2d_forward, nogil);
+  m.def("depthwise_conv2d_forward_cuda", &effconv::cuda::depthwise_conv2d_forward, py::arg("input"),
+        py::arg("weight"), py::arg("bias"), py::arg("scale"), py::arg("shift"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("activation"), py::arg("out"),
+        py::arg("stats") = py::none(), nogil);
+  m.def("bn_act_backward_cuda", &effconv::cuda::bn_act_backward, nogil);
   m.def("depthwise_conv2d_grad_input_cuda", &effconv::cuda::depthwise_conv2d_grad_input, nogil);
   m.def("depthwise_conv2d_grad_weight_cuda", &effconv::cuda::depthwise_conv2d_grad_weight, nogil);
 #else

@@ -9,7 +9,7 @@ import torch  # noqa: F401
 from effconv import functional, ops
 from effconv.backends import requested_backend, use_backend
 from effconv.explain import Explanation, explain
-from effconv.nn import Conv2d
+from effconv.nn import Conv2d, ConvBNAct2d, ConvBNReLU2d
 from effconv.ops import ACTIVATIONS, poison_outputs
 
 __version__ = "0.1.0"
@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "Conv2d",
+    "ConvBNAct2d",
+    "ConvBNReLU2d",
     "Explanation",
     "explain",
     "functional",

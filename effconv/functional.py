@@ -172,3 +172,88 @@ def epilogue(
     if _direct_call_ok(input, bias, scale, shift):
         return _epilogue_op.epilogue_impl(*args)
     return torch.ops.effconv.epilogue(*args)
+
+
+def conv_bn_act2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    bn_weight: Optional[torch.Tensor] = None,
+    bn_bias: Optional[torch.Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: Union[str, IntPair] = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """``act(F.batch_norm(F.conv2d(input, weight, bias, stride, padding,
+    dilation, groups), running_mean, running_var, bn_weight, bn_bias,
+    training, momentum, eps))`` with exactly those semantics, fused:
+
+    - ``training=True`` (or no running statistics): one autograd op whose
+      conv kernel also accumulates the batch statistics, then one
+      normalize+activation pass; ``running_mean``/``running_var`` (if given)
+      are updated in place with ``momentum`` (PyTorch's convention:
+      ``new = (1 - momentum) * old + momentum * batch``, unbiased variance).
+    - otherwise BatchNorm folds into the conv's per-channel scale/shift
+      epilogue: one kernel.
+    """
+    act = activation or "none"
+    input, stride_, padding_, dilation_, unbatched = _normalize("conv_bn_act2d", input, weight, stride, padding,
+                                                                dilation)
+    if training or running_mean is None or running_var is None:
+        out = _conv_bn_train(input, weight, bias, running_mean, running_var, bn_weight, bn_bias, momentum, eps,
+                             stride_, padding_, dilation_, groups, act, update=training)
+    else:
+        scale, shift = fold_batch_norm(running_mean, running_var, bn_weight, bn_bias, eps, bias, input.dtype)
+        out = conv2d(input, weight, None, stride_, padding_, dilation_, groups, scale=scale, shift=shift,
+                     activation=act)
+    return out.squeeze(0) if unbatched else out
+
+
+def fold_batch_norm(running_mean, running_var, bn_weight, bn_bias, eps, conv_bias=None, dtype=torch.float32):
+    """Eval-mode BatchNorm after a conv as the conv epilogue's (scale, shift):
+    ``bn(conv + b) = conv * scale + shift`` with ``scale = gamma / sqrt(var +
+    eps)`` and ``shift = beta + (b - mean) * scale``; float32 (float64 for
+    float64 data)."""
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.rsqrt(running_var.to(ct) + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.to(ct)
+    centered = -running_mean.to(ct) if conv_bias is None else conv_bias.to(ct) - running_mean.to(ct)
+    shift = centered * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(ct)
+    return scale, shift
+
+
+def _conv_bn_train(input, weight, bias, running_mean, running_var, bn_weight, bn_bias, momentum, eps, stride,
+                   padding, dilation, groups, act, update):
+    K = weight.shape[0]
+    if input.dim() == 4 and input.shape[1] > 0 and weight.dim() == 4:
+        from effconv.ops._conv_family import out_size
+
+        count = input.shape[0] * out_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]) * \
+            out_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+        if count == 1:
+            size = (input.shape[0], K) + tuple(input.shape[2:])
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    else:
+        count = 0
+    # A conv bias shifts the batch mean only: BatchNorm subtracts it again.
+    y, _, mean, var = torch.ops.effconv.conv_bn_act2d(input, weight, bn_weight, bn_bias, stride, padding, dilation,
+                                                     groups, eps, act)
+    if update and running_mean is not None and running_var is not None and count > 0:
+        with torch.no_grad():
+            if bias is not None:
+                mean = mean + bias.to(mean.dtype)
+            unbiased = var * (count / max(count - 1, 1))
+            running_mean.copy_(momentum * mean.to(running_mean.dtype) + (1 - momentum) * running_mean)
+            running_var.copy_(momentum * unbiased.to(running_var.dtype) + (1 - momentum) * running_var)
+    return y

@@ -68,8 +68,11 @@ class Launcher:
     that class's configs; under the interpreter the plain kernel with the
     class's default meta-parameters (autotuning needs CUDA events)."""
 
-    def __init__(self, fn, op: str, kernel: str, key: list[str]):
+    def __init__(self, fn, op: str, kernel: str, key: list[str], reset_to_zero: tuple[str, ...] = ()):
         self.fn, self.op, self.kernel, self.key = fn, op, kernel, key
+        # Workspaces that programs write only partly (which rows depends on
+        # the config): zeroed before each benchmarked config and the real run.
+        self.reset_to_zero = list(reset_to_zero)
         self._tuned: dict[str, object] = {}
 
     def __call__(self, cls: str):
@@ -79,5 +82,23 @@ class Launcher:
         if cls not in self._tuned:
             tconfigs = [triton.Config(meta_of(c), num_warps=c["num_warps"], num_stages=c["num_stages"])
                         for c in configs]
-            self._tuned[cls] = triton.autotune(tconfigs, key=self.key)(self.fn)
+            self._tuned[cls] = triton.autotune(tconfigs, key=self.key,
+                                               reset_to_zero=self.reset_to_zero or None)(self.fn)
         return self._tuned[cls], {}
+
+
+def stats_workspace(kernel, meta: dict, rows_of, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """Zeroed [2, rows, channels] (fp32; fp64 for fp64 data) for a conv forward with STATS: each
+    program along the pixel axes stores its tile's per-channel sum (plane 0)
+    and sum of squares (plane 1) in its own row, and the launcher reduces
+    the rows in float64 -- deterministic, no atomics. rows_of(meta) counts
+    programs along the pixel axes; when autotuning, the most any config
+    launches (rows a larger tile leaves unwritten stay zero)."""
+    candidates = [meta] if meta else [c.kwargs for c in kernel.configs]
+    rows = max(rows_of(m) for m in candidates)
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.zeros((2, rows, channels), dtype=dtype, device=like.device)
+
+
+def finish_stats(workspace: torch.Tensor, stats: torch.Tensor) -> None:
+    stats.copy_(workspace.sum(1, dtype=torch.float64))

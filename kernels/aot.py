@@ -60,15 +60,23 @@ class KernelSpec:
 
 def specs() -> list[KernelSpec]:
     full_epilogue = (("HAS_BIAS", True), ("HAS_SCALE", True), ("HAS_SHIFT", True), ("ACT", 3))
+    no_epilogue = (("HAS_BIAS", False), ("HAS_SCALE", False), ("HAS_SHIFT", False), ("ACT", 0))
     fwd_ptrs = ("x_ptr", "w_ptr", "y_ptr", "bias_ptr", "scale_ptr", "shift_ptr")
     conv_strides = ("sxn", "sxh", "sxw", "swc", "swr", "sws", "syn", "syp", "syq")
     dgrad_strides = ("sdn", "sdp", "sdq", "swk", "swr", "sws", "sxn", "sxh", "sxw")
     return [
-        KernelSpec("conv2d", "conv2d_fwd_kernel", "conv2d_fwd_kernel", "conv2d", fwd_ptrs,
-                   constexprs=(("R", 3), ("S", 3), ("IS_1X1", False)) + full_epilogue,
+        KernelSpec("conv2d", "conv2d_fwd_kernel", "conv2d_fwd_kernel", "conv2d", fwd_ptrs, ("stats_ptr",),
+                   constexprs=(("R", 3), ("S", 3), ("IS_1X1", False), ("STATS", False)) + full_epilogue,
                    ones=("sxc", "swk", "syk"), strides=conv_strides),
-        KernelSpec("conv2d", "conv2d_fwd_kernel", "conv2d_fwd_kernel_1x1", "conv2d", fwd_ptrs,
-                   constexprs=(("R", 1), ("S", 1), ("IS_1X1", True)) + full_epilogue,
+        KernelSpec("conv2d", "conv2d_fwd_kernel", "conv2d_fwd_kernel_1x1", "conv2d", fwd_ptrs, ("stats_ptr",),
+                   constexprs=(("R", 1), ("S", 1), ("IS_1X1", True), ("STATS", False)) + full_epilogue,
+                   ones=("sxc", "swk", "syk"), strides=conv_strides),
+        # Training-mode Conv-BN: batch statistics in the epilogue, no affine epilogue.
+        KernelSpec("conv2d", "conv2d_fwd_kernel", "conv2d_fwd_kernel_stats", "conv2d", fwd_ptrs, ("stats_ptr",),
+                   constexprs=(("R", 3), ("S", 3), ("IS_1X1", False), ("STATS", True)) + no_epilogue,
+                   ones=("sxc", "swk", "syk"), strides=conv_strides),
+        KernelSpec("conv2d", "conv2d_fwd_kernel", "conv2d_fwd_kernel_1x1_stats", "conv2d", fwd_ptrs, ("stats_ptr",),
+                   constexprs=(("R", 1), ("S", 1), ("IS_1X1", True), ("STATS", True)) + no_epilogue,
                    ones=("sxc", "swk", "syk"), strides=conv_strides),
         KernelSpec("conv2d", "conv2d_grad_input_kernel", "conv2d_grad_input_kernel", "conv2d",
                    ("dy_ptr", "w_ptr", "dx_ptr"), constexprs=(("R", 3), ("S", 3)), ones=("sdk", "swc", "sxc"),
@@ -77,14 +85,23 @@ def specs() -> list[KernelSpec]:
                    ("dy_ptr", "x_ptr"), acc_pointers=("dw_ptr", "db_ptr"), constexprs=(("R", 3), ("S", 3)),
                    ones=("sdk", "sxc"), strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw")),
         KernelSpec("depthwise", "depthwise_fwd_kernel", "depthwise_fwd_kernel", "depthwise", fwd_ptrs,
-                   constexprs=(("R", 3), ("S", 3)) + full_epilogue, ones=("sxc", "syk"),
-                   strides=("sxn", "sxh", "sxw", "syn", "syp", "syq")),
+                   ("stats_ptr",), constexprs=(("R", 3), ("S", 3), ("STATS", False)) + full_epilogue,
+                   ones=("sxc", "syk"), strides=("sxn", "sxh", "sxw", "syn", "syp", "syq")),
+        KernelSpec("depthwise", "depthwise_fwd_kernel", "depthwise_fwd_kernel_stats", "depthwise", fwd_ptrs,
+                   ("stats_ptr",), constexprs=(("R", 3), ("S", 3), ("STATS", True)) + no_epilogue,
+                   ones=("sxc", "syk"), strides=("sxn", "sxh", "sxw", "syn", "syp", "syq")),
         KernelSpec("depthwise", "depthwise_grad_input_kernel", "depthwise_grad_input_kernel", "depthwise",
                    ("dy_ptr", "w_ptr", "dx_ptr"), constexprs=(("R", 3), ("S", 3)), ones=("sdk", "sxc"),
                    strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw")),
         KernelSpec("depthwise", "depthwise_grad_weight_kernel", "depthwise_grad_weight_kernel", "depthwise",
                    ("dy_ptr", "x_ptr"), acc_pointers=("dw_ptr", "db_ptr"), constexprs=(("R", 3), ("S", 3)),
                    ones=("sdk", "sxc"), strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw")),
+        KernelSpec("bn_act", "bn_act_reduce_kernel", "bn_act_reduce_kernel", "bn_act", ("dy_ptr", "z_ptr"),
+                   ("mean_ptr", "invstd_ptr", "gamma_ptr", "beta_ptr", "ws_ptr"), constexprs=(("ACT", 3),),
+                   ones=("sc",), strides=("sn", "shw")),
+        KernelSpec("bn_act", "bn_act_apply_kernel", "bn_act_apply_kernel", "bn_act", ("dy_ptr", "z_ptr", "dz_ptr"),
+                   ("mean_ptr", "invstd_ptr", "gamma_ptr", "beta_ptr", "k_ptr"), constexprs=(("ACT", 3),),
+                   ones=("sc",), strides=("sn", "shw")),
         KernelSpec("epilogue", "epilogue_kernel", "epilogue_kernel", "epilogue",
                    ("x_ptr", "y_ptr", "bias_ptr", "scale_ptr", "shift_ptr"), constexprs=full_epilogue),
     ]

@@ -31,15 +31,18 @@ from effconv.kernels.epilogue import apply_epilogue
 
 @triton.jit
 def conv2d_fwd_kernel(
-    x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr,
-    N, H, W, P, Q, CG, KG,
+    x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr, stats_ptr,
+    N, H, W, P, Q, CG, KG, stats_rows,
     sxn, sxc, sxh, sxw, swk, swc, swr, sws, syn, syk, syp, syq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     R: tl.constexpr, S: tl.constexpr, IS_1X1: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, ACT: tl.constexpr,
-    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX: tl.constexpr,
+    STATS: tl.constexpr, PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """STATS: per-channel sum and sum of squares of this tile's outputs go to
+    row pid_m of the zeroed workspace stats_ptr [2, stats_rows, K]
+    (training-mode BatchNorm; _config.stats_workspace)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
@@ -87,6 +90,12 @@ def conv2d_fwd_kernel(
     q = offs_m % Q
     y_off = (n.to(IDX) * syn + p.to(IDX) * syp + q.to(IDX) * syq)[:, None] + (k_out.to(IDX) * syk)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    if STATS:
+        z = tl.where(mask_m[:, None] & mask_n[None, :], acc, 0.0)
+        K = KG * tl.num_programs(2)
+        row = pid_m.to(IDX) * K + k_out
+        tl.store(stats_ptr + row, tl.sum(z, axis=0), mask=mask_n)
+        tl.store(stats_ptr + stats_rows * K + row, tl.sum(z * z, axis=0), mask=mask_n)
 
 
 @triton.jit
@@ -197,6 +206,11 @@ def conv2d_grad_weight_kernel(
 _KEY = ["N", "H", "W", "P", "Q", "CG", "KG"]
 _fwd = _config.Launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel", _KEY)
 _fwd_1x1 = _config.Launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel_1x1", _KEY)
+# STATS=True forwards have their own (spill-free) config sets.
+_fwd_stats = _config.Launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel_stats", _KEY,
+                              reset_to_zero=("stats_ptr",))
+_fwd_1x1_stats = _config.Launcher(conv2d_fwd_kernel, "conv2d", "conv2d_fwd_kernel_1x1_stats", _KEY,
+                                  reset_to_zero=("stats_ptr",))
 _dgrad = _config.Launcher(conv2d_grad_input_kernel, "conv2d", "conv2d_grad_input_kernel", _KEY)
 _wgrad = _config.Launcher(conv2d_grad_weight_kernel, "conv2d", "conv2d_grad_weight_kernel", _KEY + ["M_PER_SPLIT"])
 
@@ -205,31 +219,41 @@ def _is_1x1(weight, stride, padding, dilation) -> bool:
     return weight.shape[2] == 1 and weight.shape[3] == 1 and list(stride) == [1, 1] and list(padding) == [0, 0]
 
 
-def forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act: int, out):
+def forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act: int, out, stats=None):
+    """stats: optional float64 [2, K] receiving per-channel sum and sum of squares of out."""
     N, C, H, W = input.shape
     K, CG, R, S = weight.shape
     P, Q = out.shape[2], out.shape[3]
     if out.numel() == 0:
+        if stats is not None:
+            stats.zero_()
         return out
     KG = K // groups
     one = _is_1x1(weight, stride, padding, dilation)
-    kernel, meta = (_fwd_1x1 if one else _fwd)(_config.dot_class(input.dtype))
+    launcher = {(False, False): _fwd, (True, False): _fwd_1x1, (False, True): _fwd_stats,
+                (True, True): _fwd_1x1_stats}[(one, stats is not None)]
+    kernel, meta = launcher(_config.dot_class(input.dtype))
     x = input.contiguous(memory_format=torch.channels_last)
     w = weight.permute(2, 3, 1, 0).contiguous()  # [R, S, Cin/g, Cout]: B tiles contiguous along Cout
     dummy = out
+    ws = None
+    if stats is not None:
+        ws = _config.stats_workspace(kernel, meta, lambda m: triton.cdiv(N * P * Q, m["BLOCK_M"]), K, out)
     grid = lambda m: (triton.cdiv(N * P * Q, m["BLOCK_M"]), triton.cdiv(KG, m["BLOCK_N"]), groups)  # noqa: E731
     kernel[grid](
         x, w, out,
         bias if bias is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy,
-        N, H, W, P, Q, CG, KG,
+        shift if shift is not None else dummy, ws if ws is not None else dummy,
+        N, H, W, P, Q, CG, KG, ws.shape[1] if ws is not None else 0,
         *x.stride(), w.stride(3), w.stride(2), w.stride(0), w.stride(1), *out.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         R=R, S=S, IS_1X1=one,
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, ACT=act,
-        PRECISION=_config.dot_precision(input.dtype), ACC_DTYPE=_config.acc_dtype(input.dtype),
+        STATS=stats is not None, PRECISION=_config.dot_precision(input.dtype), ACC_DTYPE=_config.acc_dtype(input.dtype),
         IDX=_config.index_dtype(x, w, out), **meta,
     )
+    if stats is not None:
+        _config.finish_stats(ws, stats)
     return out
 
 

@@ -26,15 +26,17 @@ from effconv.kernels.epilogue import apply_epilogue
 
 @triton.jit
 def depthwise_fwd_kernel(
-    x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr,
-    H, W, K, P, Q, MULT,
+    x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr, stats_ptr,
+    H, W, K, P, Q, MULT, stats_rows,
     sxn, sxc, sxh, sxw, syn, syk, syp, syq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, ACT: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, IDX: tl.constexpr,
+    STATS: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """STATS: per-channel sum and sum of squares of this tile's outputs go to
+    row n * tiles + tile of the zeroed workspace stats_ptr [2, stats_rows, K]."""
     n = tl.program_id(0)
     tiles_q = tl.cdiv(Q, BLOCK_Q)
     p0 = (tl.program_id(1) // tiles_q) * BLOCK_P
@@ -61,6 +63,11 @@ def depthwise_fwd_kernel(
     acc = apply_epilogue(acc, offs_k, mask_k, bias_ptr, scale_ptr, shift_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, ACT)
     y_off = n.to(IDX) * syn + (p.to(IDX) * syp + q.to(IDX) * syq)[:, None] + (offs_k.to(IDX) * syk)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_k[None, :])
+    if STATS:
+        z = tl.where(mask_m[:, None] & mask_k[None, :], acc, 0.0)
+        row = (n.to(IDX) * tl.num_programs(1) + tl.program_id(1)) * K + offs_k
+        tl.store(stats_ptr + row, tl.sum(z, axis=0), mask=mask_k)
+        tl.store(stats_ptr + stats_rows * K + row, tl.sum(z * z, axis=0), mask=mask_k)
 
 
 @triton.jit
@@ -148,6 +155,8 @@ def depthwise_grad_weight_kernel(
 
 
 _fwd = _config.Launcher(depthwise_fwd_kernel, "depthwise", "depthwise_fwd_kernel", ["H", "W", "K", "P", "Q"])
+_fwd_stats = _config.Launcher(depthwise_fwd_kernel, "depthwise", "depthwise_fwd_kernel_stats",
+                              ["H", "W", "K", "P", "Q"], reset_to_zero=("stats_ptr",))
 _dgrad = _config.Launcher(depthwise_grad_input_kernel, "depthwise", "depthwise_grad_input_kernel",
                           ["H", "W", "C", "P", "Q"])
 _wgrad = _config.Launcher(depthwise_grad_weight_kernel, "depthwise", "depthwise_grad_weight_kernel",
@@ -158,26 +167,34 @@ def _tiles(rows, cols, meta):
     return triton.cdiv(rows, meta["BLOCK_P"]) * triton.cdiv(cols, meta["BLOCK_Q"])
 
 
-def forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act: int, out):
+def forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act: int, out, stats=None):
+    """stats: optional float64 [2, K] receiving per-channel sum and sum of squares of out."""
     N, C, H, W = input.shape
     K, _, R, S = weight.shape
     P, Q = out.shape[2], out.shape[3]
     if out.numel() == 0:
+        if stats is not None:
+            stats.zero_()
         return out
     x = input.contiguous(memory_format=torch.channels_last)
     w = weight.contiguous()
-    kernel, meta = _fwd("any")
+    kernel, meta = (_fwd if stats is None else _fwd_stats)("any")
     dummy = out
+    ws = None
+    if stats is not None:
+        ws = _config.stats_workspace(kernel, meta, lambda m: N * _tiles(P, Q, m), K, out)
     grid = lambda m: (N, _tiles(P, Q, m), triton.cdiv(K, m["BLOCK_C"]))  # noqa: E731
     kernel[grid](
         x, w, out, bias if bias is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy,
-        H, W, K, P, Q, K // C,
+        shift if shift is not None else dummy, ws if ws is not None else dummy,
+        H, W, K, P, Q, K // C, ws.shape[1] if ws is not None else 0,
         *x.stride(), *out.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         R=R, S=S, HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, ACT=act,
-        ACC_DTYPE=_config.acc_dtype(x.dtype), IDX=_config.index_dtype(x, out), **meta,
+        STATS=stats is not None, ACC_DTYPE=_config.acc_dtype(x.dtype), IDX=_config.index_dtype(x, out), **meta,
     )
+    if stats is not None:
+        _config.finish_stats(ws, stats)
     return out
 
 

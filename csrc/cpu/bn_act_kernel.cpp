@@ -79,10 +79,10 @@ void bn_act_backward_typed(const at::Tensor& dy, const at::Tensor& z, bool rows_
   // Pass 2: dz = k1 * g + k2 * xhat + k3.
   std::vector<T> k1(C), k2(C), k3(C);
   for (int64_t c = 0; c < C; ++c) {
-    const double gi = double(gamma_v[c]) * double(invstd_v[c]);
-    k1[c] = T(gi);
-    k2[c] = M ? T(-gi * sum_gx[c] / double(M)) : T(0);
-    k3[c] = M ? T(-gi * sum_g[c] / double(M)) : T(0);
+    const BnGradCoefficients k = bn_grad_coefficients(gamma_v[c], invstd_v[c], sum_g[c], sum_gx[c], M);
+    k1[c] = T(k.k1);
+    k2[c] = T(k.k2);
+    k3[c] = T(k.k3);
   }
   args.k1 = k1.data();
   args.k2 = k2.data();

@@ -45,6 +45,10 @@ struct DwParams {
   const float* scale;
   const float* shift;
   Activation act;
+  // Training-mode BatchNorm statistics (fast path): fp32 [2][stats_rows][K],
+  // one row per block (sum, then sum of squares of the outputs it wrote).
+  float* stats;
+  int64_t stats_rows;
 };
 
 template <typename T, int VEC>
@@ -62,7 +66,7 @@ __device__ __forceinline__ float epilogue(float z, const DwParams& p, int64_t k)
 // -------------------------------------------------------------------------
 // Fast path. grid: (column tiles, N * P, channel tiles); block: (kBC, kBQ).
 // x is NHWC contiguous (C channels), w is [R*S][C] (tap-major), y NHWC.
-template <typename T, int VEC>
+template <typename T, int VEC, bool STATS>
 __global__ void __launch_bounds__(kBC* kBQ) depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                                    T* __restrict__ y, DwParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -91,7 +95,8 @@ __global__ void __launch_bounds__(kBC* kBQ) depthwise_nhwc_kernel(const T* __res
     tv[i] = val;
   }
   __syncthreads();
-  if (threadIdx.x >= cvecs) return;
+  const bool active = threadIdx.x < cvecs;
+  if (!STATS && !active) return;  // with STATS every thread reaches the block reduction
   const int64_t c0 = c_base + threadIdx.x * VEC;
   const int64_t q0 = q_base + threadIdx.y * kTQ;
   float acc[kTQ][VEC];
@@ -100,7 +105,7 @@ __global__ void __launch_bounds__(kBC* kBQ) depthwise_nhwc_kernel(const T* __res
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
   const int col0 = int(threadIdx.y * kTQ * s.stride_w);
-  for (int r = 0; r < s.R; ++r) {
+  for (int r = 0; r < (active ? s.R : 0); ++r) {
     const V* trow = tv + r * tile_row + threadIdx.x;
     if (s.stride_w == 1 && s.dil_w == 1) {
       // Register halo: the kTQ + S - 1 inputs of this row serve all S taps.
@@ -135,14 +140,47 @@ __global__ void __launch_bounds__(kBC* kBQ) depthwise_nhwc_kernel(const T* __res
       }
     }
   }
+  float sum[VEC], sq[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) sum[e] = sq[e] = 0.f;
 #pragma unroll
   for (int j = 0; j < kTQ; ++j) {
     const int64_t q = q0 + j;
-    if (q >= s.Q) break;
+    if (!active || q >= s.Q) break;
     V out;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) out.v[e] = T(epilogue(acc[j][e], p, c0 + e));
+    for (int e = 0; e < VEC; ++e) {
+      const float v = epilogue(acc[j][e], p, c0 + e);
+      out.v[e] = T(v);
+      if (STATS) sum[e] += v, sq[e] += v * v;
+    }
     *reinterpret_cast<V*>(y + ((n * s.P + op) * s.Q + q) * s.K + c0) = out;
+  }
+  if constexpr (STATS) {
+    // Fixed-order reduction over the block's kBQ thread rows, in the smem
+    // the halo tile used (the launcher sizes it for both).
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(smem_raw);  // [2][kBQ][kBC * VEC]
+    constexpr int kRow = kBC * VEC;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      red[threadIdx.y * kRow + threadIdx.x * VEC + e] = sum[e];
+      red[(kBQ + threadIdx.y) * kRow + threadIdx.x * VEC + e] = sq[e];
+    }
+    __syncthreads();
+    if (threadIdx.y == 0 && active) {
+      const int64_t row = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        float a = 0.f, b = 0.f;
+        for (int i = 0; i < kBQ; ++i) {
+          a += red[i * kRow + threadIdx.x * VEC + e];
+          b += red[(kBQ + i) * kRow + threadIdx.x * VEC + e];
+        }
+        p.stats[row * s.K + c0 + e] = a;
+        p.stats[(p.stats_rows + row) * s.K + c0 + e] = b;
+      }
+    }
   }
 }
 
@@ -287,21 +325,42 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b) {
 bool channels_last(const at::Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); }
 
 // Runs the shared-memory fast path when it applies; returns false otherwise.
+// With stats (fp32 data only), the kernel also reduces the outputs' per-channel
+// sum and sum of squares into a [2][blocks][K] workspace, summed here in float64.
 template <typename T>
-bool launch_fast(const at::Tensor& x, const at::Tensor& w_tap_major, at::Tensor& y, const DwParams& p) {
+bool launch_fast(const at::Tensor& x, const at::Tensor& w_tap_major, at::Tensor& y, DwParams p,
+                 at::Tensor* stats = nullptr) {
   constexpr int VEC = 16 / sizeof(T);
   const Conv2dShape& s = p.s;
   if (p.mult != 1 || s.C % VEC != 0 || s.R > kMaxK || s.S > kMaxK || !channels_last(x) || !channels_last(y) ||
       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 || reinterpret_cast<uintptr_t>(y.data_ptr()) % 16)
     return false;
   const int cols = int((kBQ * kTQ - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1);
-  const size_t smem = size_t(s.R) * cols * kBC * 16;
+  size_t smem = size_t(s.R) * cols * kBC * 16;
   if (smem > 48 * 1024) return false;
   const dim3 block(kBC, kBQ);
   const dim3 grid(unsigned((s.Q + kBQ * kTQ - 1) / (kBQ * kTQ)), unsigned(s.N * s.P),
                   unsigned((s.C + kBC * VEC - 1) / (kBC * VEC)));
-  depthwise_nhwc_kernel<T, VEC><<<grid, block, smem, at::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<T>(), w_tap_major.data_ptr<T>(), y.data_ptr<T>(), p);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (stats) {
+    // fp32 block partials would round fp64 data: fp64 takes the direct path
+    // and the separate statistics pass (and the STATS kernel is not built for it).
+    if constexpr (std::is_same_v<T, double>) {
+      return false;
+    } else {
+      smem = std::max(smem, size_t(2) * kBQ * kBC * VEC * sizeof(float));
+      p.stats_rows = int64_t(grid.x) * grid.y;
+      at::Tensor ws = at::empty({2, p.stats_rows, s.K}, x.options().dtype(at::kFloat));
+      p.stats = ws.data_ptr<float>();
+      depthwise_nhwc_kernel<T, VEC, true><<<grid, block, smem, stream>>>(x.data_ptr<T>(), w_tap_major.data_ptr<T>(),
+                                                                          y.data_ptr<T>(), p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      stats->copy_(ws.sum(1, /*keepdim=*/false, at::kDouble));
+      return true;
+    }
+  }
+  depthwise_nhwc_kernel<T, VEC, false><<<grid, block, smem, stream>>>(x.data_ptr<T>(), w_tap_major.data_ptr<T>(),
+                                                                       y.data_ptr<T>(), p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
@@ -311,12 +370,19 @@ bool launch_fast(const at::Tensor& x, const at::Tensor& w_tap_major, at::Tensor&
 void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                               const c10::optional<at::Tensor>& shift, at::IntArrayRef stride, at::IntArrayRef padding,
-                              at::IntArrayRef dilation, int64_t activation, at::Tensor& out) {
+                              at::IntArrayRef dilation, int64_t activation, at::Tensor& out,
+                              const c10::optional<at::Tensor>& stats) {
   check_inputs(input, weight);
   TORCH_CHECK(weight.size(1) == 1 && weight.size(0) % input.size(1) == 0,
               "expected depthwise weight of size [C * multiplier, 1, kH, kW], got ", weight.sizes());
   TORCH_CHECK(activation >= 0 && activation < kNumActivations, "unknown activation code ", activation);
-  if (out.numel() == 0) return;
+  if (stats.has_value())
+    TORCH_CHECK(stats->scalar_type() == at::kDouble && stats->numel() == 2 * weight.size(0),
+                "expected float64 stats with ", 2 * weight.size(0), " elements");
+  if (out.numel() == 0) {
+    if (stats.has_value()) const_cast<at::Tensor&>(*stats).zero_();
+    return;
+  }
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor b, sc, sh;
   DwParams p = make_params(input, weight, out, stride, padding, dilation);
@@ -327,11 +393,15 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "effconv_depthwise_cuda", [&] {
     const at::Tensor w_tap_major = w.view({w.size(0), -1}).t().contiguous();  // [R*S][C]
-    if (!launch_fast<scalar_t>(input, w_tap_major, out, p)) {
+    at::Tensor st = stats.has_value() ? stats->view({2, -1}) : at::Tensor();
+    if (!launch_fast<scalar_t>(input, w_tap_major, out, p, stats.has_value() ? &st : nullptr)) {
       const int64_t total = p.s.N * p.s.K * p.s.P * p.s.Q;
       depthwise_direct_kernel<scalar_t><<<direct_blocks(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
           input.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      // One thread per output has nothing to reduce in registers: a separate
+      // deterministic pass over the output.
+      if (stats.has_value()) channel_stats(out, st);
     }
   });
 }
@@ -349,7 +419,7 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   if (mult == 1 && stride[0] == 1 && stride[1] == 1 && pad_h >= 0 && pad_w >= 0) {
     const at::Tensor wf = weight.flip({2, 3}).contiguous();
     depthwise_conv2d_forward(grad_output, wf, c10::nullopt, c10::nullopt, c10::nullopt, stride, {pad_h, pad_w},
-                             dilation, 0, grad_input);
+                             dilation, 0, grad_input, c10::nullopt);
     return;
   }
   DwParams p = make_params(grad_input, weight, grad_output, stride, padding, dilation);

@@ -148,3 +148,13 @@ def epilogue_backward(grad, u, scale, shift, activation, want_scale: bool, want_
     g_shift = g_z.sum(dims).to(shift.dtype) if want_shift and shift is not None else None
     g_u = g_z if scale is None else g_z * scale.to(ct).view(view)
     return g_u.to(u.dtype), g_scale, g_shift
+
+
+def bn_grad_coefficients(gamma, invstd, sum_g, sum_gx, M: int) -> torch.Tensor:
+    """[3, C] float64 (k1, k2, k3) with dz = k1 * g + k2 * xhat + k3: the
+    training-mode BatchNorm backward of effconv/epilogue.h's
+    bn_grad_coefficients, per channel, for the Triton and PyTorch paths."""
+    k1 = gamma.double() * invstd.double()
+    if M == 0:
+        return torch.stack([k1, torch.zeros_like(k1), torch.zeros_like(k1)])
+    return torch.stack([k1, -k1 * sum_gx / M, -k1 * sum_g / M])

@@ -78,7 +78,9 @@ def reference_epilogue(z, bias, scale, shift, activation):
 
 
 # Kernel signatures (groups always explicit):
-#   forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act_code, out)
+#   forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act_code, out, stats=None)
+#     stats: float64 [2, K] receiving the per-channel sum and sum of squares
+#     of out (training-mode BatchNorm, effconv::conv_bn_act2d)
 #   grad_input(grad_output, weight, stride, padding, dilation, groups, out)
 #   grad_weight(grad_output, input, stride, padding, dilation, groups, grad_weight, grad_bias)
 Runner = Callable[..., object]
@@ -86,10 +88,13 @@ Runner = Callable[..., object]
 FAMILIES: dict = {}  # op name -> ConvFamily (explain() and modules look families up here)
 
 
-def _torch_forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out):
+def _torch_forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out, stats=None):
     z = F.conv2d(input, weight, None, stride, padding, dilation, groups)
     activation = {v: k for k, v in c.ACTIVATIONS.items()}[act]
     out.copy_(reference_epilogue(z, bias, scale, shift, activation))
+    if stats is not None:
+        y = out.double()
+        stats.copy_(torch.stack([y.sum((0, 2, 3)), (y * y).sum((0, 2, 3))]))
 
 
 def _torch_grad_input(grad_output, weight, stride, padding, dilation, groups, out):
@@ -159,8 +164,10 @@ class ConvFamily:
             raise RuntimeError(f"effconv.{op}: expected grad_output of size {expected}, got {c.fmt_size(grad_output)}")
 
     # ----------------------------------------------------------- computations
-    def _route(self, kind, t, weight_size, stride, padding, dilation, groups) -> str:
-        table = self.tables[kind]
+    def _route(self, kind, t, weight_size, stride, padding, dilation, groups, table=None) -> str:
+        """The backend for a call; `table` overrides the kind's table (ops built on
+        this family's kernels, which report under their own name)."""
+        table = table or self.tables[kind]
         if self.gpu_rule is not None and t.device.type == "cuda" and backends.requested_backend() == "auto":
             name, reason = self.gpu_rule(kind, t, weight_size, stride, padding, dilation, groups)
             if table.checks[name]("cuda", t.dtype) is None:

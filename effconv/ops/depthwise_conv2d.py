@@ -35,6 +35,8 @@ def cuda_check(device_type, dtype):
         return "the CUDA C++ kernels take CUDA tensors"
     if not _ext.with_cuda():
         return "effconv._C was built without CUDA kernels"
+    if dtype == torch.float64:
+        return "the CUDA C++ depthwise kernels accumulate in float32; float64 runs on Triton"
     return None
 
 
@@ -80,17 +82,16 @@ def _triton():
     return k
 
 
-
 FAMILY = ConvFamily(
     "depthwise_conv2d",
     grouped=False,
     tables={"forward": _table("depthwise_conv2d"), "grad_input": _table("depthwise_conv2d_grad_input"),
             "grad_weight": _table("depthwise_conv2d_grad_weight")},
     runners={
-        "forward": {"cpu": lambda x, w, b, sc, sh, st, p, d, g, act, out:
-                    _c().depthwise_conv2d_forward_cpu(x, w, b, sc, sh, st, p, d, act, out),
-                    "cuda": lambda x, w, b, sc, sh, st, p, d, g, act, out:
-                    _c().depthwise_conv2d_forward_cuda(x, w, b, sc, sh, st, p, d, act, out),
+        "forward": {"cpu": lambda x, w, b, sc, sh, st, p, d, g, act, out, stats=None:
+                    _c().depthwise_conv2d_forward_cpu(x, w, b, sc, sh, st, p, d, act, out, stats),
+                    "cuda": lambda x, w, b, sc, sh, st, p, d, g, act, out, stats=None:
+                    _c().depthwise_conv2d_forward_cuda(x, w, b, sc, sh, st, p, d, act, out, stats),
                     "triton": lambda *a: _triton().forward(*a)},
         "grad_input": {"cpu": lambda dy, w, st, p, d, g, out: _c().depthwise_conv2d_grad_input_cpu(dy, w, st, p, d, out),
                        "cuda": lambda dy, w, st, p, d, g, out:

@@ -8,6 +8,7 @@
 // implement the same formulas and are tested against these.
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 #include "effconv/macros.h"
 
@@ -56,6 +57,24 @@ EFFCONV_HD T activation_backward(T z, Activation act) {
     default:
       return T(1);
   }
+}
+
+// Training-mode BatchNorm + activation backward. With xhat = (z - mean) *
+// invstd and g = dy * act'(xhat * gamma + beta) summed per channel over the
+// M = N*H*W elements into sum_g and sum_gx = sum(g * xhat):
+//
+//   grad_beta = sum_g,  grad_gamma = sum_gx,
+//   dz = k1 * g + k2 * xhat + k3  with  k1 = gamma * invstd,
+//        k2 = -k1 * sum_gx / M,  k3 = -k1 * sum_g / M.
+struct BnGradCoefficients {
+  double k1, k2, k3;
+};
+
+EFFCONV_HD BnGradCoefficients bn_grad_coefficients(double gamma, double invstd, double sum_g, double sum_gx,
+                                                   int64_t M) {
+  const double k1 = gamma * invstd;
+  if (M == 0) return {k1, 0.0, 0.0};
+  return {k1, -k1 * sum_gx / double(M), -k1 * sum_g / double(M)};
 }
 
 }  // namespace effconv
