@@ -106,7 +106,7 @@ setup(
     version="0.1.0",
     description="Fast convolutions for efficient CNNs: Triton, CUDA C++ and C++ CPU kernels for PyTorch",
     python_requires=">=3.10",
-    packages=["effconv", "effconv.ops", "effconv.nn", "effconv.models", "effconv.kernels"],
+    packages=["effconv", "effconv.ops", "effconv.nn", "effconv.models", "effconv.examples", "effconv.kernels"],
     package_dir={"effconv.kernels": "kernels"},
     package_data={"effconv.kernels": ["configs/*.json"]},
     ext_modules=[] if os.environ.get("EFFCONV_NO_EXTENSION") == "1" else [extension()],

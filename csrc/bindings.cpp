@@ -29,6 +29,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_conv2d_grad_weight_cpu", &effconv::cpu::depthwise_conv2d_grad_weight, nogil);
   m.def("epilogue_cpu", &effconv::cpu::epilogue, nogil);
   m.def("bn_act_backward_cpu", &effconv::cpu::bn_act_backward, nogil);
+  m.def("empty_pooled_cpu", &effconv::cpu::empty_pooled);
+  m.def("empty_pool_cpu", &effconv::cpu::empty_pool);
 
   m.def("cpu_isa", [] { return std::string(effconv::cpu::isa_kernels().name); },
         "Name of the ISA build of the CPU microkernels in use.");

@@ -8,7 +8,9 @@ import torch  # noqa: F401
 
 from effconv import functional, ops
 from effconv.backends import requested_backend, use_backend
+from effconv.convert import ConversionReport, conversion_report, convert
 from effconv.explain import Explanation, explain
+from effconv.memory import empty_cache
 from effconv.nn import Conv2d, ConvBNAct2d, ConvBNReLU2d
 from effconv.ops import ACTIVATIONS, poison_outputs
 
@@ -19,6 +21,10 @@ __all__ = [
     "Conv2d",
     "ConvBNAct2d",
     "ConvBNReLU2d",
+    "ConversionReport",
+    "conversion_report",
+    "convert",
+    "empty_cache",
     "Explanation",
     "explain",
     "functional",

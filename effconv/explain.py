@@ -51,18 +51,31 @@ def _row(where: str, choice: backends.Choice) -> dict[str, str]:
 
 
 def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> Explanation:
+    from effconv.ops import conv_bn_act2d
     from effconv.ops._conv_family import FAMILIES
 
-    rows = []
+    rows, fused_convs = [], set()
     for name, m in module.named_modules():
         route = getattr(m, "effconv_op", None)
-        if route is None or not isinstance(m, nn.Conv2d):
+        if route is None or id(m) in fused_convs:
             continue
-        family = FAMILIES[route]
-        padding = m.padding if not isinstance(m.padding, str) else (0, 0)
-        choice = backends.choose(
-            family.tables["forward"], device or m.weight.device, dtype or m.weight.dtype,
-            lambda: family.describe(m.weight.shape, m.stride, padding, m.dilation, m.groups), record=False)
+        conv = m[0] if route == "conv_bn_act2d" else m
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        family = FAMILIES[conv.effconv_op]
+        padding = conv.padding if not isinstance(conv.padding, str) else (0, 0)
+        kernel = family.describe(conv.weight.shape, conv.stride, padding, conv.dilation, conv.groups)
+        table = family.tables["forward"]
+        if route == "conv_bn_act2d":
+            fused_convs.add(id(conv))
+            act = m.activation
+            if m.training:
+                table = conv_bn_act2d.TABLES[family.name]
+                kernel += f" + batch statistics in the epilogue, then BatchNorm+{act} epilogue pass"
+            else:
+                kernel += f" + folded BatchNorm+{act} epilogue"
+        choice = backends.choose(table, device or conv.weight.device, dtype or conv.weight.dtype, lambda: kernel,
+                                 record=False)
         rows.append(_row(name or type(m).__name__, choice))
     return Explanation(rows)
 

@@ -48,9 +48,13 @@ def _direct_call_ok(*tensors) -> bool:
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
-        if t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)):
+        # nn.Parameter disables __torch_function__: as plain as a Tensor here.
+        if t is not None and (type(t) not in _PLAIN or (grad and t.requires_grad)):
             return False
     return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int], list[int]]:

@@ -34,6 +34,12 @@ void depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
                                   at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& grad_weight,
                                   const c10::optional<at::Tensor>& grad_bias);
 
+// An uninitialised CPU tensor whose storage comes from effconv's cache of
+// large buffers (output_pool.cpp); small sizes come from ATen's allocator.
+at::Tensor empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype, bool channels_last);
+// Releases the idle cached buffers; returns the bytes released.
+size_t empty_pool();
+
 void bn_act_backward(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& mean, const at::Tensor& invstd,
                      const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
                      int64_t activation, at::Tensor& grad_z, at::Tensor& grad_gamma, at::Tensor& grad_beta);

@@ -39,8 +39,26 @@ def empty(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_for
     return torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
 
 
+_POOL_MIN_BYTES = 2 << 20
+
+
 def new_output(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_format, dtype=None) -> torch.Tensor:
-    out = empty(size, like, memory_format, dtype)
+    """A kernel output. Large CPU outputs come from effconv's buffer cache
+    (csrc/cpu/output_pool.cpp: reused pages instead of a page fault per
+    element on every call)."""
+    out = None
+    if like.device.type == "cpu" and len(size) in (1, 2, 3, 4) and not torch.compiler.is_compiling():
+        dt = dtype or like.dtype
+        numel = 1
+        for s in size:
+            numel *= int(s)
+        if numel * dt.itemsize >= _POOL_MIN_BYTES and (memory_format != torch.channels_last or len(size) == 4):
+            from effconv import _ext
+
+            if _ext.available():
+                out = _ext.C().empty_pooled_cpu(list(size), dt, memory_format == torch.channels_last)
+    if out is None:
+        out = empty(size, like, memory_format, dtype)
     if _poison and out.is_floating_point():
         out.fill_(float("nan"))
     return out

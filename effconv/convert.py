@@ -1,0 +1,152 @@
+"""effconv.convert: put an existing model on effconv's kernels.
+
+    model = effconv.convert(torchvision.models.mobilenet_v2(weights=...))
+    print(effconv.conversion_report(model))
+
+- every ``nn.Conv2d`` becomes an :class:`effconv.Conv2d` on the same tensors;
+- inside ``nn.Sequential`` containers (torchvision's ``Conv2dNormActivation``
+  included), Conv2d -> BatchNorm2d -> (ReLU | ReLU6 | SiLU | nothing) runs
+  becomes one :class:`effconv.ConvBNAct2d` sharing the original parameters
+  and buffers. A Sequential that is exactly such a run is replaced whole,
+  so state_dict keys do not change; a run inside a longer Sequential keeps
+  its positions (the fused block at the conv's index, ``nn.Identity`` at the
+  others), which nests its keys one level deeper.
+- BatchNorm whose order relative to its conv is decided by a custom
+  ``forward`` (ResNet's ``conv1``/``bn1`` attributes) stays as it is: the
+  graph cannot be read from the module tree. The report says so.
+
+Outputs are unchanged in train and eval mode (up to floating-point rounding).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from torch import nn
+
+from effconv.nn.conv import Conv2d
+from effconv.nn.conv_bn_act import ConvBNAct2d, activation_name
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What convert() changed (``converted``) and what it left alone and why (``kept``)."""
+
+    converted: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (where, what)
+    kept: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (where, why)
+
+    def __str__(self) -> str:
+        lines = [f"converted {len(self.converted)}:"] + [f"  {w}: {what}" for w, what in self.converted]
+        lines += [f"left alone {len(self.kept)}:"] + [f"  {w}: {why}" for w, why in self.kept]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_plain_conv(m: nn.Module) -> bool:
+    return type(m) is nn.Conv2d or type(m) is Conv2d
+
+
+def _run_at(seq: nn.Sequential, i: int):
+    """(conv, bn, act module or None, length) of a fusable run starting at seq[i], or None."""
+    mods = list(seq)
+    if not (_is_plain_conv(mods[i]) and i + 1 < len(mods) and type(mods[i + 1]) is nn.BatchNorm2d):
+        return None
+    conv, bn = mods[i], mods[i + 1]
+    if bn.num_features != conv.out_channels:
+        return None
+    if i + 2 < len(mods) and activation_name(mods[i + 2]) not in (None, "none"):
+        return conv, bn, mods[i + 2], 3
+    return conv, bn, None, 2
+
+
+def _describe(conv, bn, act) -> str:
+    name = activation_name(act) if act is not None else "none"
+    return (f"Conv2d({conv.in_channels}, {conv.out_channels}, {tuple(conv.kernel_size)}, groups={conv.groups}) + "
+            f"BatchNorm2d + {name} -> ConvBNAct2d")
+
+
+def _fuse_whole(m: nn.Module):
+    """A Sequential that is exactly one conv-BN(-activation) run, as one fused block (else None)."""
+    if isinstance(m, nn.Sequential) and not isinstance(m, ConvBNAct2d) and len(m) in (2, 3):
+        run = _run_at(m, 0)
+        if run is not None and run[3] == len(m):
+            return ConvBNAct2d.from_modules(*run[:3]), _describe(*run[:3])
+    return None
+
+
+def _convert_child(child: nn.Module, where: str, parent: nn.Module | None, fuse: bool,
+                   report: ConversionReport) -> nn.Module:
+    """The module to put in child's place (child itself, converted in place, or a new one)."""
+    if isinstance(child, ConvBNAct2d):
+        return child
+    fused = _fuse_whole(child) if fuse else None
+    if fused is not None:
+        report.converted.append((where, fused[1]))
+        return fused[0]
+    if type(child) is nn.Conv2d:
+        report.converted.append((where, "nn.Conv2d -> effconv.Conv2d"))
+        return Conv2d.from_torch(child)
+    if isinstance(child, nn.Conv2d) and type(child) is not Conv2d:
+        report.kept.append((where, f"{type(child).__name__} subclasses nn.Conv2d with its own forward"))
+    elif type(child) is nn.BatchNorm2d:
+        if isinstance(parent, nn.Sequential):
+            why = "BatchNorm2d not preceded by a Conv2d with matching channels: not fused"
+        elif parent is None:
+            why = "a BatchNorm2d on its own: nothing to fuse it with"
+        else:
+            why = f"BatchNorm2d inside {type(parent).__name__}, whose forward decides what it follows: not fused"
+        report.kept.append((where, why))
+    elif fuse and isinstance(child, nn.Sequential):
+        _convert_sequence(child, where, report)
+    else:
+        for name, grandchild in list(child.named_children()):
+            new = _convert_child(grandchild, _join(where, name), child, fuse, report)
+            if new is not grandchild:
+                setattr(child, name, new)
+    return child
+
+
+def _convert_sequence(seq: nn.Sequential, prefix: str, report: ConversionReport) -> None:
+    i = 0
+    while i < len(seq):
+        run = _run_at(seq, i)
+        if run is None:
+            seq[i] = _convert_child(seq[i], _join(prefix, str(i)), seq, True, report)
+            i += 1
+            continue
+        conv, bn, act, length = run
+        seq[i] = ConvBNAct2d.from_modules(conv, bn, act)
+        for j in range(i + 1, i + length):
+            seq[j] = nn.Identity()
+        report.converted.append((f"{_join(prefix, str(i))}..{i + length - 1}",
+                                 _describe(conv, bn, act) + " (keys now nested under the conv's index)"))
+        i += length
+
+
+def convert(model: nn.Module, inplace: bool = False, fuse: bool = True) -> nn.Module:
+    """Return ``model`` on effconv layers (a deep copy unless ``inplace``;
+    a root module that is itself replaced, such as a bare nn.Conv2d, is
+    returned new either way).
+
+    ``fuse=False`` only swaps Conv2d modules. What was converted and what was
+    left alone (and why) is in :func:`conversion_report`.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = ConversionReport()
+    model = _convert_child(model, "", None, fuse, report)
+    object.__setattr__(model, "_effconv_report", report)
+    return model
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """The report of the convert() call that produced ``model``."""
+    report = getattr(model, "_effconv_report", None)
+    if report is None:
+        raise ValueError("this model did not come from effconv.convert()")
+    return report

@@ -1,0 +1,65 @@
+"""SqueezeNet 1.0 and 1.1 (Iandola et al., 2016) on effconv layers, with
+torchvision's structure and parameter names. Every conv carries its ReLU in
+its epilogue; the parameter-free ReLU modules torchvision lists separately
+are nn.Identity here, so the state_dict keys stay the same."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from effconv.nn.conv import Conv2d
+
+
+class Fire(nn.Module):
+    def __init__(self, inplanes: int, squeeze_planes: int, expand1x1_planes: int, expand3x3_planes: int):
+        super().__init__()
+        self.inplanes = inplanes
+        self.squeeze = Conv2d(inplanes, squeeze_planes, 1, activation="relu")
+        self.expand1x1 = Conv2d(squeeze_planes, expand1x1_planes, 1, activation="relu")
+        self.expand3x3 = Conv2d(squeeze_planes, expand3x3_planes, 3, padding=1, activation="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze(x)
+        return torch.cat([self.expand1x1(x), self.expand3x3(x)], 1)
+
+
+class SqueezeNet(nn.Module):
+    def __init__(self, version: str = "1_0", num_classes: int = 1000, dropout: float = 0.5):
+        super().__init__()
+        pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+        if version == "1_0":
+            self.features = nn.Sequential(
+                Conv2d(3, 96, 7, 2, activation="relu"), nn.Identity(), pool(),
+                Fire(96, 16, 64, 64), Fire(128, 16, 64, 64), Fire(128, 32, 128, 128), pool(),
+                Fire(256, 32, 128, 128), Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256),
+                pool(), Fire(512, 64, 256, 256))
+        elif version == "1_1":
+            self.features = nn.Sequential(
+                Conv2d(3, 64, 3, 2, activation="relu"), nn.Identity(), pool(),
+                Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), pool(),
+                Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool(),
+                Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256))
+        else:
+            raise ValueError(f"Unsupported SqueezeNet version {version}: 1_0 or 1_1 expected")
+        final_conv = Conv2d(512, num_classes, 1, activation="relu")
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), final_conv, nn.Identity(), nn.AdaptiveAvgPool2d((1, 1)))
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                if m is final_conv:
+                    nn.init.normal_(m.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x.contiguous(memory_format=torch.channels_last))
+        return torch.flatten(self.classifier(x), 1)
+
+
+def squeezenet1_0(**kwargs) -> SqueezeNet:
+    return SqueezeNet("1_0", **kwargs)
+
+
+def squeezenet1_1(**kwargs) -> SqueezeNet:
+    return SqueezeNet("1_1", **kwargs)

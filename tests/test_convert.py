@@ -1,0 +1,104 @@
+"""effconv.convert() on torchvision models: outputs and gradients equal the
+original's in train and eval mode; the report names what changed and why
+the rest did not."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import effconv
+from helpers import assert_close
+
+
+def randomized(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm state (fresh models have mean 0 / var 1)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def run(model, x, g, seed=7):
+    torch.manual_seed(seed)  # same dropout masks
+    y = model(x)
+    (y * g).sum().backward()
+    return y, {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1", "resnet18", "mobilenet_v3_small"])
+def test_convert_torchvision_model(name):
+    torch.manual_seed(0)
+    tv = randomized(getattr(torchvision.models, name)(num_classes=10)).double()
+    ours = effconv.convert(tv)
+    report = effconv.conversion_report(ours)
+    assert report.converted
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 10, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        tv.train(mode == "train")
+        ours.train(mode == "train")
+        y_ref, grads_ref = run(tv, x, g)
+        y, grads = run(ours, x, g)
+        assert_close(y, y_ref, 1000, f"{mode} logits")
+        # Parameter names may nest one level deeper where a run inside a longer
+        # Sequential was fused; the parameter order is unchanged.
+        scale = max(v.abs().max().item() for v in grads_ref.values())
+        for (n_ref, a), (n, b) in zip(grads_ref.items(), grads.items()):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9 * scale, msg=f"{mode} grad {n_ref} / {n}")
+        for (n_ref, a), (n, b) in zip(tv.named_buffers(), ours.named_buffers()):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=f"{mode} buffer {n_ref}")
+        tv.zero_grad()
+        ours.zero_grad()
+
+
+def test_report_and_keys():
+    tv = torchvision.models.resnet18()
+    ours = effconv.convert(tv)
+    report = effconv.conversion_report(ours)
+    kept = dict(report.kept)
+    assert "bn1" in kept and "forward decides" in kept["bn1"]
+    converted = dict(report.converted)
+    assert converted["conv1"] == "nn.Conv2d -> effconv.Conv2d"
+    assert "ConvBNAct2d" in converted["layer2.0.downsample"]
+    assert isinstance(ours.layer2[0].downsample, effconv.ConvBNAct2d)
+    # Whole-Sequential replacements keep the state_dict keys.
+    assert list(ours.state_dict()) == list(tv.state_dict())
+    mb = effconv.convert(torchvision.models.mobilenet_v2())
+    assert isinstance(mb.features[0], effconv.ConvBNAct2d) and mb.features[0].activation == "relu6"
+    assert str(report).startswith("converted")
+
+
+def test_inplace_and_no_fuse():
+    tv = torchvision.models.squeezenet1_1()
+    copy_ = effconv.convert(tv)
+    assert type(tv.features[0]) is nn.Conv2d and type(copy_.features[0]) is effconv.Conv2d
+    same = effconv.convert(tv, inplace=True)
+    assert same is tv and type(tv.features[0]) is effconv.Conv2d
+    mb = effconv.convert(torchvision.models.mobilenet_v2(), fuse=False)
+    assert not any(isinstance(m, effconv.ConvBNAct2d) for m in mb.modules())
+    assert all(type(m) is not nn.Conv2d for m in mb.modules())
+    with pytest.raises(ValueError, match="did not come from effconv.convert"):
+        effconv.conversion_report(torchvision.models.mobilenet_v2())
+
+
+def test_sequence_runs_fuse_in_place():
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(), nn.Conv2d(8, 8, 1),
+                        nn.BatchNorm2d(8), nn.Hardswish(), nn.BatchNorm2d(8))
+    randomized(seq)
+    ours = effconv.convert(seq)
+    assert isinstance(ours[0], effconv.ConvBNAct2d) and ours[0].activation == "silu"
+    assert isinstance(ours[1], nn.Identity) and isinstance(ours[2], nn.Identity)
+    assert isinstance(ours[3], effconv.ConvBNAct2d) and ours[3].activation == "none"
+    assert isinstance(ours[5], nn.Hardswish) and type(ours[6]) is nn.BatchNorm2d
+    assert "not preceded by a Conv2d" in dict(effconv.conversion_report(ours).kept)["6"]
+    x = torch.randn(2, 3, 8, 8)
+    for mode in (True, False):
+        seq.train(mode)
+        ours.train(mode)
+        assert_close(ours(x), seq(x), 72)
