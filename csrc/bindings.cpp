@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "cpu/kernels.h"
+#include "cpu/weight_cache.h"
 #include "ukernel/api.h"
 #ifdef EFFCONV_WITH_CUDA
 #include "cuda/kernels.h"
@@ -28,9 +29,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_conv2d_grad_input_cpu", &effconv::cpu::depthwise_conv2d_grad_input, nogil);
   m.def("depthwise_conv2d_grad_weight_cpu", &effconv::cpu::depthwise_conv2d_grad_weight, nogil);
   m.def("epilogue_cpu", &effconv::cpu::epilogue, nogil);
+  m.def("deform_conv2d_forward_cpu", &effconv::cpu::deform_conv2d_forward, nogil);
+  m.def("deform_conv2d_backward_cpu", &effconv::cpu::deform_conv2d_backward, nogil);
+  // PyTorch's standard error (or warning, with warn_only) for an op without a
+  // deterministic implementation under torch.use_deterministic_algorithms(True).
+  m.def("alert_not_deterministic", [](const std::string& caller) {
+    at::globalContext().alertNotDeterministic(caller);
+  });
   m.def("bn_act_backward_cpu", &effconv::cpu::bn_act_backward, nogil);
   m.def("empty_pooled_cpu", &effconv::cpu::empty_pooled);
   m.def("empty_pool_cpu", &effconv::cpu::empty_pool);
+  m.def("clear_weight_cache_cpu", &effconv::cpu::clear_weight_cache);
 
   m.def("cpu_isa", [] { return std::string(effconv::cpu::isa_kernels().name); },
         "Name of the ISA build of the CPU microkernels in use.");

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import effconv.ops  # noqa: F401  (registers torch.ops.effconv.*)
 from effconv.ops import conv2d as _conv2d_op
+from effconv.ops import deform_conv2d as _deform_op
 from effconv.ops import depthwise_conv2d as _depthwise_op
 from effconv.ops import epilogue as _epilogue_op
 
@@ -162,6 +163,37 @@ def depthwise_conv2d(
                                                                 dilation)
     out = _depthwise(input, weight, bias, stride_, padding_, dilation_, scale, shift, activation or "none")
     return out.squeeze(0) if unbatched else out
+
+
+def deform_conv2d(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Deformable convolution with ``torchvision.ops.deform_conv2d``'s
+    signature and semantics: DCNv1, or modulated DCNv2 when ``mask`` is
+    given. ``offset`` is ``[N, 2 * offset_groups * kH * kW, H_out, W_out]``
+    ((y, x) per offset group and tap), ``mask`` ``[N, offset_groups * kH *
+    kW, H_out, W_out]``; weight groups come from ``weight.shape[1]``.
+
+    Under autocast the op runs in the autocast dtype (float16/bfloat16, fp32
+    accumulation) rather than upcasting to float32.
+    """
+    stride_, padding_, dilation_ = _pair("stride", stride), _pair("padding", padding), _pair("dilation", dilation)
+    dev = input.device.type
+    if torch.is_autocast_enabled(dev) and input.is_floating_point():
+        low = torch.get_autocast_dtype(dev)
+        cast = lambda t: t.to(low) if t is not None and t.dtype in (torch.float32, torch.float64, low) else t  # noqa: E731
+        input, offset, weight, bias, mask = (cast(t) for t in (input, offset, weight, bias, mask))
+    args = (input, offset, weight, mask, bias, stride_, padding_, dilation_)
+    if _direct_call_ok(input, offset, weight, mask, bias):
+        return _deform_op.deform_conv2d_impl(*args)
+    return torch.ops.effconv.deform_conv2d(*args)
 
 
 def epilogue(

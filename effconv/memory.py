@@ -1,8 +1,13 @@
-"""effconv's cache of large CPU output buffers (csrc/cpu/output_pool.cpp).
+"""effconv's CPU caches.
 
-Large activations allocated fresh are page-faulted in on every call (glibc
-returns them to the OS when freed); effconv's kernels reuse cached buffers
-instead. ``EFFCONV_CPU_CACHE_MB`` (default 2048) bounds the idle cache.
+- Large output buffers (csrc/cpu/output_pool.cpp): activations allocated
+  fresh are page-faulted in on every call (glibc returns them to the OS when
+  freed); effconv's kernels reuse cached buffers instead.
+  ``EFFCONV_CPU_CACHE_MB`` (default 2048) bounds the idle buffers.
+- Packed weights (csrc/cpu/weight_cache.h): the forward kernels keep each
+  weight's microkernel panels while the weight is unchanged (same tensor,
+  same version counter). ``EFFCONV_WEIGHT_CACHE_MB`` (default 512) bounds
+  them; 0 disables the cache.
 """
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from effconv import _ext
 
 
 def empty_cache() -> int:
-    """Release effconv's idle cached CPU buffers; returns the bytes released."""
+    """Release effconv's idle CPU output buffers and packed weights; returns
+    the bytes released. Call it after writing weights through ``.data``
+    (which bypasses the version counter the weight cache checks)."""
     if not _ext.available():
         return 0
-    return int(_ext.C().empty_pool_cpu())
+    return int(_ext.C().empty_pool_cpu()) + int(_ext.C().clear_weight_cache_cpu())

@@ -18,6 +18,7 @@
 #include "common.h"
 #include "effconv/epilogue.h"
 #include "kernels.h"
+#include "weight_cache.h"
 #include "ukernel/api.h"
 
 namespace effconv {
@@ -156,7 +157,7 @@ std::vector<T> pack_gconv_weight(int64_t ncols, int64_t taps, int64_t reduce, in
 
 // ---------------------------------------------------------------------------
 template <typename T>
-void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s,
+void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& weight_key, const Conv2dShape& s,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                    const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
                    const c10::optional<at::Tensor>& stats) {
@@ -176,9 +177,12 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
   if (use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes)) {
     const int64_t Cg = s.cin_per_group(), Kg = s.cout_per_group();
     const int64_t nvb = ceil_div(s.K, lanes), kpad = nvb * lanes;
-    const std::vector<T> wp = pack_gconv_weight<T>(s.K, RS, Cg, lanes, [&](int64_t k, int64_t c, int64_t t) {
-      return ws[(k * Cg + c) * RS + t];
+    const auto wp_cached = packed_weight<T>(weight_key, {0, s.K, RS, Cg, lanes}, [&] {
+      return pack_gconv_weight<T>(s.K, RS, Cg, lanes, [&](int64_t k, int64_t c, int64_t t) {
+        return ws[(k * Cg + c) * RS + t];
+      });
     });
+    const std::vector<T>& wp = *wp_cached;
     const std::vector<T> bias_p = padded_channel_vector<T>(bias, 1, s.K, kpad, T(0));
     const std::vector<T> scale_p = padded_channel_vector<T>(scale, 1, s.K, kpad, T(1));
     const std::vector<T> shift_p = padded_channel_vector<T>(shift, 1, s.K, kpad, T(0));
@@ -229,21 +233,25 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& 
 
   // Weight panels: [super-group][panel][tap][Cin][nr], zero beyond Cout and
   // off the block diagonal.
-  std::vector<T> wp(G * gstride, T(0));
-  at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
-    for (int64_t item = b; item < e; ++item) {
-      const int64_t g = item / npanels, p = item % npanels;
-      T* dst = wp.data() + g * gstride + p * panel_stride;
-      for (int64_t j = 0; j < nr && p * nr + j < Kg; ++j) {
-        const int64_t k = p * nr + j;
-        const T* src = ws + (g * Kg + k) * gp.cg * RS;
-        for (int64_t c = 0; c < Cg; ++c) {
-          if (!gp.same_group(c, k)) continue;
-          for (int64_t t = 0; t < RS; ++t) dst[(t * Cg + c) * nr + j] = src[(c % gp.cg) * RS + t];
+  const auto wp_cached = packed_weight<T>(weight_key, {1, G, Cg, Kg, nr, RS, gp.cg}, [&] {
+    std::vector<T> wp(G * gstride, T(0));
+    at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
+      for (int64_t item = b; item < e; ++item) {
+        const int64_t g = item / npanels, p = item % npanels;
+        T* dst = wp.data() + g * gstride + p * panel_stride;
+        for (int64_t j = 0; j < nr && p * nr + j < Kg; ++j) {
+          const int64_t k = p * nr + j;
+          const T* src = ws + (g * Kg + k) * gp.cg * RS;
+          for (int64_t c = 0; c < Cg; ++c) {
+            if (!gp.same_group(c, k)) continue;
+            for (int64_t t = 0; t < RS; ++t) dst[(t * Cg + c) * nr + j] = src[(c % gp.cg) * RS + t];
+          }
         }
       }
-    }
+    });
+    return wp;
   });
+  const std::vector<T>& wp = *wp_cached;
   std::vector<int64_t> b_off(RS);
   for (int64_t t = 0; t < RS; ++t) b_off[t] = t * Cg * nr;
   const std::vector<T> bias_p = padded_channel_vector<T>(bias, G, Kg, kpad, T(0));
@@ -633,9 +641,9 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
   const at::Tensor w = weight.to(ct).contiguous();
   OutBuffer ob(out, ct);
   if (ct == at::kDouble)
-    forward_typed<double>(x, w, s, bias, scale, shift, int(activation), ob.work(), stats);
+    forward_typed<double>(x, w, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
   else
-    forward_typed<float>(x, w, s, bias, scale, shift, int(activation), ob.work(), stats);
+    forward_typed<float>(x, w, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
   ob.commit();
 }
 

@@ -47,5 +47,16 @@ void bn_act_backward(const at::Tensor& grad_y, const at::Tensor& z, const at::Te
 void epilogue(const at::Tensor& input, const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
               const c10::optional<at::Tensor>& shift, int64_t activation, at::Tensor& out);
 
+// Deformable convolution (torchvision.ops.deform_conv2d semantics; mask may
+// be undefined). The backward writes whichever gradients are defined.
+void deform_conv2d_forward(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& out);
+void deform_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+                            const at::Tensor& weight, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const c10::optional<at::Tensor>& grad_input, const c10::optional<at::Tensor>& grad_offset,
+                            const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
+                            const c10::optional<at::Tensor>& grad_bias);
 }  // namespace cpu
 }  // namespace effconv

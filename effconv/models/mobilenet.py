@@ -60,10 +60,11 @@ class InvertedResidual(nn.Module):
         self._fold = _FoldCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self.conv._modules.values())
         h = x
-        for layer in self.conv[:-2]:
+        for layer in layers[:-2]:
             h = layer(h)
-        h = conv_bn_forward(self.conv[-2], self.conv[-1], h, "none", self._fold)
+        h = conv_bn_forward(layers[-2], layers[-1], h, "none", self._fold)
         return x + h if self.use_res_connect else h
 
 

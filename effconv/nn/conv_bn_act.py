@@ -127,14 +127,18 @@ class ConvBNAct2d(nn.Sequential):
 
     @property
     def activation(self) -> str:
-        return activation_name(self[2]) if len(self) > 2 else "none"
+        act = self._modules.get("2")
+        return activation_name(act) if act is not None else "none"
 
     @property
     def effconv_op(self) -> str:
         return "conv_bn_act2d"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return conv_bn_forward(self[0], self[1], input, self.activation, self._fold)
+        mods = self._modules  # not self[i]: Sequential indexing walks the children (per-call cost at batch 1)
+        act = mods.get("2")
+        return conv_bn_forward(mods["0"], mods["1"], input, activation_name(act) if act is not None else "none",
+                               self._fold)
 
     @classmethod
     def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None) -> "ConvBNAct2d":

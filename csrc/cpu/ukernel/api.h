@@ -275,6 +275,35 @@ inline ReductionBlocking reduction_blocking(int64_t ntaps, int64_t kc, int64_t n
   return {1, budget};
 }
 
+// Deformable-convolution columns for a tile of m output pixels of one image
+// (csrc/cpu/deform_conv2d_kernel.cpp; sampling rules in effconv/deform.h).
+// Column row i holds, per weight group g, tap t and channel c of the group,
+// the bilinear sample (times the mask) at col[i * ldcol + (g * taps + t) * cg + c].
+// deform_col writes col; deform_col_backward takes the columns' gradient in
+// the same layout (gcol) and adds the input gradient into grad_x, and writes
+// the offset and mask gradients of the tile's pixels.
+template <typename T>
+struct DeformColArgs {
+  const T* x = nullptr;  // the image, channels_last: pixel p, channel c at x[p * C + c]
+  int64_t H = 0, W = 0, C = 0;
+  int64_t m = 0;
+  const int64_t* base_y = nullptr;  // per tile pixel: oh * stride - pad (tap (0, 0) before the offset)
+  const int64_t* base_x = nullptr;
+  const T* offset = nullptr;  // per tile pixel i: offset[i * off_ps + 2 * (og * taps + t) + {0: y, 1: x}]
+  int64_t off_ps = 0;
+  const T* mask = nullptr;    // null: no mask; else mask[i * mask_ps + og * taps + t]
+  int64_t mask_ps = 0;
+  int64_t kh = 0, kw = 0, dil_h = 1, dil_w = 1;
+  int64_t offset_groups = 1, groups = 1;
+  T* col = nullptr;
+  int64_t ldcol = 0;
+  // backward only
+  const T* gcol = nullptr;
+  T* grad_x = nullptr;       // image-sized, channels_last, accumulated into (null: not wanted)
+  T* grad_offset = nullptr;  // offset's layout (null: not wanted)
+  T* grad_mask = nullptr;    // mask's layout (null: not wanted or no mask)
+};
+
 struct IsaKernels {
   const char* name;
   int vec_bytes;
@@ -300,6 +329,10 @@ struct IsaKernels {
   void (*bnact_reduce_f64)(const BnActArgs<double>&);
   void (*bnact_apply_f32)(const BnActArgs<float>&);
   void (*bnact_apply_f64)(const BnActArgs<double>&);
+  void (*deform_col_f32)(const DeformColArgs<float>&);
+  void (*deform_col_f64)(const DeformColArgs<double>&);
+  void (*deform_col_backward_f32)(const DeformColArgs<float>&);
+  void (*deform_col_backward_f64)(const DeformColArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -326,6 +359,10 @@ struct IsaKernels {
   void bnact_reduce(const BnActArgs<double>& a) const { bnact_reduce_f64(a); }
   void bnact_apply(const BnActArgs<float>& a) const { bnact_apply_f32(a); }
   void bnact_apply(const BnActArgs<double>& a) const { bnact_apply_f64(a); }
+  void deform_col(const DeformColArgs<float>& a) const { deform_col_f32(a); }
+  void deform_col(const DeformColArgs<double>& a) const { deform_col_f64(a); }
+  void deform_col_backward(const DeformColArgs<float>& a) const { deform_col_backward_f32(a); }
+  void deform_col_backward(const DeformColArgs<double>& a) const { deform_col_backward_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;

@@ -1002,6 +1002,8 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
 }  // namespace cpu
 }  // namespace effconv
 
+#include "ukernel/deform_impl.h"
+
 #define EFFCONV_DEFINE_ISA(var, isa_name)                                                    \
   namespace effconv {                                                                        \
   namespace cpu {                                                                            \
@@ -1013,6 +1015,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &dwplane<float>,  &dwplane<double>,     &dwrow<float>,             \
                           &dwrow<double>,   &dwwgradrow<float>,   &dwwgradrow<double>,       \
                           &bnact_reduce<float>, &bnact_reduce<double>, &bnact_apply<float>,  \
-                          &bnact_apply<double>};                                             \
+                          &bnact_apply<double>, &deform_col<float>, &deform_col<double>,     \
+                          &deform_col_backward<float>, &deform_col_backward<double>};        \
   }                                                                                          \
   }

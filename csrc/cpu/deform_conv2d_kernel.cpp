@@ -1,0 +1,336 @@
+// Deformable convolution (DCNv1 / modulated DCNv2) on the CPU, channels_last.
+//
+// Forward, per tile of output pixels of one image: the ISA microkernel
+// (ukernel/deform_impl.h) samples the tile's columns [pixels, groups, taps,
+// channels/group] into a per-thread buffer (never a whole-tensor column
+// buffer), then one GEMM per weight group through ATen's BLAS multiplies
+// them by the packed weight, and the bias is added on the way out.
+//
+// Backward, deterministic by construction (no atomics, and an order of
+// summation fixed by the problem, not by the thread count): work is cut into
+// chunks (an image, or a part of one for batches under 4); chunks are dealt
+// to at most 8 slots that each own a grad_weight partial and run their chunks
+// in order; chunks sharing an image scatter into their own input-gradient
+// buffer. Partials are summed in slot order, part buffers in part order.
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+#include "effconv/deform.h"
+#include "kernels.h"
+#include "ukernel/api.h"
+#include "weight_cache.h"
+
+namespace effconv {
+namespace cpu {
+namespace {
+
+struct DeformGeom {
+  int64_t N, C, H, W, K, G, OG, kh, kw, P, Q;
+  int64_t sh, sw, ph, pw, dh, dw;
+  int64_t taps() const { return kh * kw; }
+  int64_t cg() const { return C / G; }
+  int64_t kg() const { return K / G; }
+};
+
+DeformGeom geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                    const c10::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
+                    at::IntArrayRef dilation) {
+  EFFCONV_CHECK_DIM(input, 4);
+  EFFCONV_CHECK_DIM(offset, 4);
+  EFFCONV_CHECK_DIM(weight, 4);
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "expected 2-element stride, padding and dilation");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0 && padding[0] >= 0 &&
+                  padding[1] >= 0,
+              "expected positive stride and dilation and non-negative padding");
+  DeformGeom g;
+  g.N = input.size(0), g.C = input.size(1), g.H = input.size(2), g.W = input.size(3);
+  g.K = weight.size(0), g.kh = weight.size(2), g.kw = weight.size(3);
+  TORCH_CHECK(weight.size(1) > 0 && g.C % weight.size(1) == 0, "weight ", weight.sizes(), " does not fit input ",
+              input.sizes());
+  g.G = g.C / weight.size(1);
+  TORCH_CHECK(g.K % g.G == 0, "out channels ", g.K, " not divisible by groups ", g.G);
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
+  g.P = conv_out_size(g.H, g.kh, g.sh, g.ph, g.dh);
+  g.Q = conv_out_size(g.W, g.kw, g.sw, g.pw, g.dw);
+  TORCH_CHECK(g.P > 0 && g.Q > 0, "kernel larger than the padded input");
+  const int64_t taps = g.taps();
+  TORCH_CHECK(offset.size(1) % (2 * taps) == 0 && offset.size(1) > 0, "offset channels ", offset.size(1),
+              " not a multiple of 2 * taps");
+  g.OG = offset.size(1) / (2 * taps);
+  TORCH_CHECK(g.C % g.OG == 0, "input channels ", g.C, " not divisible by offset groups ", g.OG);
+  EFFCONV_CHECK_SIZES(offset, g.N, 2 * g.OG * taps, g.P, g.Q);
+  if (mask.has_value() && mask->defined()) EFFCONV_CHECK_SIZES((*mask), g.N, g.OG * taps, g.P, g.Q);
+  return g;
+}
+
+// [N, P, Q, channels] contiguous in the compute dtype.
+at::Tensor per_pixel(const at::Tensor& t, at::ScalarType ct) {
+  return t.to(ct).permute({0, 2, 3, 1}).contiguous();
+}
+
+// Pixels per tile: the tile's columns stay near 1 MiB (L2-sized; 256 KiB
+// tiles made the C=256 GEMMs too short to run at speed).
+int64_t tile_pixels(const DeformGeom& g, size_t elem) {
+  const int64_t row = std::max<int64_t>(1, g.taps() * g.C * int64_t(elem));
+  return std::clamp<int64_t>((1 << 20) / row, 16, 512);
+}
+
+// A 2-D view of raw memory for ATen's BLAS: rows x cols with leading dimension ld.
+at::Tensor mat(void* p, int64_t rows, int64_t cols, int64_t ld, at::ScalarType ct) {
+  return at::from_blob(p, {rows, cols}, {ld, 1}, at::TensorOptions().dtype(ct));
+}
+
+template <typename T>
+DeformColArgs<T> col_args(const DeformGeom& g, const T* x, const T* off, const T* msk, int64_t pixel0, int64_t m,
+                          std::vector<int64_t>& by, std::vector<int64_t>& bx, T* col) {
+  by.resize(m);
+  bx.resize(m);
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t p = (pixel0 + i) / g.Q, q = (pixel0 + i) % g.Q;
+    by[i] = deform::base_coord(p, g.sh, g.ph, 0, g.dh);
+    bx[i] = deform::base_coord(q, g.sw, g.pw, 0, g.dw);
+  }
+  DeformColArgs<T> a;
+  a.x = x;
+  a.H = g.H, a.W = g.W, a.C = g.C;
+  a.m = m;
+  a.base_y = by.data();
+  a.base_x = bx.data();
+  a.off_ps = 2 * g.OG * g.taps();
+  a.offset = off + pixel0 * a.off_ps;
+  a.mask_ps = g.OG * g.taps();
+  a.mask = msk ? msk + pixel0 * a.mask_ps : nullptr;
+  a.kh = g.kh, a.kw = g.kw, a.dil_h = g.dh, a.dil_w = g.dw;
+  a.offset_groups = g.OG, a.groups = g.G;
+  a.col = col;
+  a.ldcol = g.taps() * g.C;
+  return a;
+}
+
+// weight [K, C/G, kh, kw] -> [G, taps * C/G, K/G]: the columns' order.
+at::Tensor pack_weight(const at::Tensor& weight, const DeformGeom& g, at::ScalarType ct) {
+  return weight.to(ct).view({g.G, g.kg(), g.cg(), g.kh, g.kw}).permute({0, 3, 4, 2, 1}).contiguous().view(
+      {g.G, g.taps() * g.cg(), g.kg()});
+}
+
+// The weight as microkernel panels: per group, [panel][taps * C/G rows][nr]
+// (zero beyond K/G), matching the columns' order.
+template <typename T>
+std::vector<T> pack_panels(const at::Tensor& weight, const DeformGeom& g, int64_t nr) {
+  const at::Tensor w = weight.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const T* ws = w.data_ptr<T>();
+  const int64_t cg = g.cg(), kg = g.kg(), taps = g.taps(), kc = taps * cg, npanels = ceil_div(kg, nr);
+  std::vector<T> out(size_t(g.G * npanels * kc * nr), T(0));
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t j = 0; j < kg; ++j) {
+      const int64_t p = j / nr, lane = j % nr;
+      T* dst = out.data() + ((gi * npanels + p) * kc) * nr + lane;
+      const T* src = ws + (gi * kg + j) * cg * taps;  // [cg][taps]
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t t = 0; t < taps; ++t) dst[(t * cg + c) * nr] = src[c * taps + t];
+    }
+  return out;
+}
+
+template <typename T>
+void forward_typed(const DeformGeom& g, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                   const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
+  const at::ScalarType ct = c10::CppTypeToScalarType<T>::value;
+  const at::Tensor x = as_nhwc(input, ct), off = per_pixel(offset, ct);
+  const bool has_mask = mask.has_value() && mask->defined();
+  const at::Tensor msk = has_mask ? per_pixel(*mask, ct) : at::Tensor();
+  const IsaKernels& isa = isa_kernels();
+  const int lanes = isa.lanes<T>();
+  const int64_t cg = g.cg(), kg = g.kg(), kc = g.taps() * cg, ldcol = g.taps() * g.C;
+  const int nv = choose_nv(kg, lanes);
+  const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(kg, nr), kpad = npanels * nr;
+  // The GEMM is our microkernel (as in conv2d): ATen's BLAS ran this shape
+  // (N2 C256 64x64: [8192 x 2304] x [2304 x 256]) at under half its speed.
+  const auto wp = packed_weight<T>(weight, {3, g.G, kc, kg, nr}, [&] { return pack_panels<T>(weight, g, nr); });
+  const std::vector<T> bias_p = padded_channel_vector<T>(bias, g.G, kg, kpad, T(0));
+  const int64_t zero_b = 0;
+  OutBuffer ob(out, ct);
+  at::Tensor& o = ob.work();
+  T* y = o.data_ptr<T>();
+  const int64_t so[4] = {o.stride(0), o.stride(1), o.stride(2), o.stride(3)};
+  const bool nhwc = so[1] == 1 && so[3] == g.K && so[2] == g.Q * g.K;
+  const int64_t PQ = g.P * g.Q;
+  const int64_t T_ = std::max<int64_t>(isa.mr(nv), tile_pixels(g, sizeof(T)) / isa.mr(nv) * isa.mr(nv));
+  const int64_t tiles = ceil_div(PQ, T_);
+  const ReductionBlocking rb = reduction_blocking(1, kc, nr, sizeof(T));
+  IGemmArgs<T> args;
+  args.ntaps = 1;
+  args.kc = kc;
+  args.b_off = &zero_b;
+  args.panel_stride = kc * nr;
+  args.nv = nv;
+  args.tap_block = rb.taps;
+  args.k_block = rb.k;
+  args.ncols = kg;
+  args.p_begin = 0;
+  args.p_end = npanels;
+  args.lda = ldcol;
+  args.ldc = g.K;
+  at::parallel_for(0, g.N * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> col(size_t(T_ * ldcol)), res(nhwc ? 0 : size_t(T_ * g.K));
+    std::vector<int64_t> by, bx;
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t n = job / tiles, p0 = (job % tiles) * T_, m = std::min(T_, PQ - p0);
+      const T* mk = has_mask ? msk.data_ptr<T>() + n * PQ * g.OG * g.taps() : nullptr;
+      auto a = col_args<T>(g, x.data_ptr<T>() + n * g.H * g.W * g.C, off.data_ptr<T>() + n * PQ * 2 * g.OG * g.taps(),
+                           mk, p0, m, by, bx, col.data());
+      isa.deform_col(a);
+      T* cdst = nhwc ? y + n * so[0] + p0 * g.K : res.data();
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        IGemmArgs<T> part = args;
+        part.m = m;
+        part.a_dense = col.data();
+        part.a_off = gi * kc;
+        part.b = wp->data() + gi * npanels * kc * nr;
+        part.c_dense = cdst;
+        part.c_off = gi * kg;
+        part.ep.bias = bias_p.empty() ? nullptr : bias_p.data() + gi * kpad;
+        isa.igemm(part);
+      }
+      if (nhwc) continue;
+      for (int64_t k = 0; k < g.K; ++k) {  // per channel, the tile's pixels are (mostly) contiguous
+        T* plane = y + n * so[0] + k * so[1];
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t p = (p0 + i) / g.Q, q = (p0 + i) % g.Q;
+          plane[p * so[2] + q * so[3]] = res[i * g.K + k];
+        }
+      }
+    }
+  });
+  ob.commit();
+}
+
+template <typename T>
+void backward_typed(const DeformGeom& g, const at::Tensor& grad_output, const at::Tensor& input,
+                    const at::Tensor& offset, const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
+                    const c10::optional<at::Tensor>& grad_input, const c10::optional<at::Tensor>& grad_offset,
+                    const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
+                    const c10::optional<at::Tensor>& grad_bias) {
+  const at::ScalarType ct = c10::CppTypeToScalarType<T>::value;
+  auto want = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  const bool has_mask = want(mask);
+  const bool w_gi = want(grad_input), w_go = want(grad_offset), w_gm = want(grad_mask) && has_mask;
+  const bool w_gw = want(grad_weight), w_col_grad = w_gi || w_go || w_gm;
+  if (want(grad_bias)) grad_bias->copy_(grad_output.sum({0, 2, 3}, false, ct));
+  if (g.N == 0 || g.P * g.Q == 0) {
+    for (const auto* t : {&grad_input, &grad_offset, &grad_weight, &grad_mask})
+      if (want(*t)) (*t)->zero_();
+    return;
+  }
+  if (!w_gw && !w_col_grad) return;
+  const at::Tensor x = as_nhwc(input, ct), off = per_pixel(offset, ct), dy = as_nhwc(grad_output, ct);
+  const at::Tensor msk = has_mask ? per_pixel(*mask, ct) : at::Tensor();
+  const at::Tensor wp = pack_weight(weight, g, ct);
+  const int64_t PQ = g.P * g.Q, HWC = g.H * g.W * g.C, taps = g.taps();
+  const int64_t T_ = tile_pixels(g, sizeof(T)), tiles = ceil_div(PQ, T_);
+  const int64_t ldcol = taps * g.C, kc = taps * g.cg();
+  // Parts per image: batches under 4 split each image so both cores work.
+  const int64_t parts = std::min<int64_t>(tiles, ceil_div(4, g.N));
+  const int64_t chunks = g.N * parts, slots = std::min<int64_t>(chunks, 8);
+  auto opt = at::TensorOptions().dtype(ct);
+  at::Tensor gx = w_gi ? at::zeros({g.N, g.H, g.W, g.C}, opt) : at::Tensor();
+  at::Tensor gx_parts = w_gi && parts > 1 ? at::zeros({g.N, parts, g.H, g.W, g.C}, opt) : at::Tensor();
+  at::Tensor goff = w_go ? at::empty({g.N, g.P, g.Q, 2 * g.OG * taps}, opt) : at::Tensor();
+  at::Tensor gmsk = w_gm ? at::empty({g.N, g.P, g.Q, g.OG * taps}, opt) : at::Tensor();
+  at::Tensor gw_slots = w_gw ? at::zeros({slots, g.G, kc, g.kg()}, opt) : at::Tensor();
+  const IsaKernels& isa = isa_kernels();
+  at::parallel_for(0, slots, 1, [&](int64_t s_begin, int64_t s_end) {
+    std::vector<T> col(size_t(T_ * ldcol)), gcol(w_col_grad ? size_t(T_ * ldcol) : 0);
+    std::vector<int64_t> by, bx;
+    for (int64_t s = s_begin; s < s_end; ++s) {
+      for (int64_t chunk = s; chunk < chunks; chunk += slots) {
+        const int64_t n = chunk / parts, part = chunk % parts;
+        const int64_t t_begin = tiles * part / parts, t_end = tiles * (part + 1) / parts;
+        T* gx_img = !w_gi ? nullptr
+                    : parts > 1 ? gx_parts.data_ptr<T>() + (n * parts + part) * HWC
+                                : gx.data_ptr<T>() + n * HWC;
+        const T* dy_img = dy.data_ptr<T>() + n * PQ * g.K;
+        const T* mk = has_mask ? msk.data_ptr<T>() + n * PQ * g.OG * taps : nullptr;
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          const int64_t p0 = t * T_, m = std::min(T_, PQ - p0);
+          auto a = col_args<T>(g, x.data_ptr<T>() + n * HWC, off.data_ptr<T>() + n * PQ * 2 * g.OG * taps, mk, p0,
+                               m, by, bx, col.data());
+          if (w_gw) {
+            isa.deform_col(a);
+            for (int64_t gi = 0; gi < g.G; ++gi) {
+              gw_slots[s][gi].addmm_(mat(col.data() + gi * kc, m, kc, ldcol, ct).t(),
+                            mat(const_cast<T*>(dy_img) + p0 * g.K + gi * g.kg(), m, g.kg(), g.K, ct));
+            }
+          }
+          if (w_col_grad) {
+            for (int64_t gi = 0; gi < g.G; ++gi) {
+              at::Tensor r = mat(gcol.data() + gi * kc, m, kc, ldcol, ct);
+              at::mm_out(r, mat(const_cast<T*>(dy_img) + p0 * g.K + gi * g.kg(), m, g.kg(), g.K, ct), wp[gi].t());
+            }
+            a.gcol = gcol.data();
+            a.grad_x = gx_img;
+            a.grad_offset = w_go ? goff.data_ptr<T>() + (n * PQ + p0) * 2 * g.OG * taps : nullptr;
+            a.grad_mask = w_gm ? gmsk.data_ptr<T>() + (n * PQ + p0) * g.OG * taps : nullptr;
+            isa.deform_col_backward(a);
+          }
+        }
+      }
+    }
+  });
+  if (w_gi) {
+    if (parts > 1) gx.copy_(gx_parts.sum(1));  // fixed order: part 0, 1, ...
+    grad_input->copy_(gx.permute({0, 3, 1, 2}));
+  }
+  if (w_go) grad_offset->copy_(goff.permute({0, 3, 1, 2}));
+  if (w_gm) grad_mask->copy_(gmsk.permute({0, 3, 1, 2}));
+  else if (want(grad_mask)) grad_mask->zero_();
+  if (w_gw) {
+    at::Tensor gw = gw_slots[0].clone();
+    for (int64_t s = 1; s < slots; ++s) gw.add_(gw_slots[s]);
+    // [G, taps * cg, kg] -> [K, cg, kh, kw]
+    grad_weight->copy_(gw.view({g.G, g.kh, g.kw, g.cg(), g.kg()}).permute({0, 4, 3, 1, 2}).reshape(
+        {g.K, g.cg(), g.kh, g.kw}));
+  }
+}
+
+}  // namespace
+
+void deform_conv2d_forward(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& out) {
+  EFFCONV_CHECK_CPU(input);
+  const DeformGeom g = geometry(input, offset, weight, mask, stride, padding, dilation);
+  EFFCONV_CHECK_SIZES(out, g.N, g.K, g.P, g.Q);
+  if (out.numel() == 0) return;
+  if (compute_type(input.scalar_type()) == at::kDouble)
+    forward_typed<double>(g, input, offset, weight, mask, bias, out);
+  else
+    forward_typed<float>(g, input, offset, weight, mask, bias, out);
+}
+
+void deform_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+                            const at::Tensor& weight, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const c10::optional<at::Tensor>& grad_input, const c10::optional<at::Tensor>& grad_offset,
+                            const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
+                            const c10::optional<at::Tensor>& grad_bias) {
+  EFFCONV_CHECK_CPU(input);
+  const DeformGeom g = geometry(input, offset, weight, mask, stride, padding, dilation);
+  EFFCONV_CHECK_SIZES(grad_output, g.N, g.K, g.P, g.Q);
+  if (grad_input.has_value() && grad_input->defined()) EFFCONV_CHECK_SIZES((*grad_input), g.N, g.C, g.H, g.W);
+  if (grad_offset.has_value() && grad_offset->defined()) EFFCONV_CHECK_SIZES((*grad_offset), g.N, 2 * g.OG * g.taps(), g.P, g.Q);
+  if (grad_weight.has_value() && grad_weight->defined()) EFFCONV_CHECK_SIZES((*grad_weight), g.K, g.cg(), g.kh, g.kw);
+  if (grad_mask.has_value() && grad_mask->defined()) EFFCONV_CHECK_SIZES((*grad_mask), g.N, g.OG * g.taps(), g.P, g.Q);
+  if (grad_bias.has_value() && grad_bias->defined()) EFFCONV_CHECK_SIZES((*grad_bias), g.K);
+  if (compute_type(input.scalar_type()) == at::kDouble)
+    backward_typed<double>(g, grad_output, input, offset, weight, mask, grad_input, grad_offset, grad_weight,
+                           grad_mask, grad_bias);
+  else
+    backward_typed<float>(g, grad_output, input, offset, weight, mask, grad_input, grad_offset, grad_weight,
+                          grad_mask, grad_bias);
+}
+
+}  // namespace cpu
+}  // namespace effconv

@@ -1,0 +1,71 @@
+"""effconv's CPU caches (effconv/memory.py): packed weights are reused only
+while the weight is the same, unchanged tensor; pooled output buffers are
+reused without leaking values between calls."""
+from __future__ import annotations
+
+import gc
+
+import torch
+import torch.nn.functional as F
+
+import effconv
+from helpers import assert_close
+
+
+def conv(x, w):
+    return effconv.functional.conv2d(x, w, None, 1, 1)
+
+
+def test_packed_weight_follows_in_place_updates():
+    x = torch.randn(1, 16, 7, 7)
+    w = torch.randn(32, 16, 3, 3)
+    conv(x, w)
+    with torch.no_grad():
+        w.mul_(-2.0)  # bumps the version counter
+    assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144)
+    p = torch.nn.Parameter(torch.randn(32, 16, 1, 1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    for _ in range(3):
+        with torch.no_grad():
+            y = effconv.functional.conv2d(x, p)
+        assert_close(y, F.conv2d(x.double(), p.detach().double()), 16)
+        p.grad = torch.randn_like(p)
+        opt.step()
+
+
+def test_new_weight_at_a_freed_address_is_not_confused():
+    x = torch.randn(1, 16, 7, 7)
+    for i in range(6):
+        w = torch.randn(32, 16, 3, 3)  # often reuses the previous weight's memory
+        assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144, f"iteration {i}")
+        del w
+        gc.collect()
+
+
+def test_inference_mode_weights_and_empty_cache():
+    x = torch.randn(1, 16, 7, 7)
+    with torch.inference_mode():
+        w = torch.randn(32, 16, 3, 3)
+        assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144)
+    w = torch.randn(32, 16, 3, 3)
+    conv(x, w)
+    assert effconv.empty_cache() > 0
+    with torch.no_grad():
+        conv(x, w)
+        w.data.mul_(3.0)  # bypasses the version counter; the byte snapshot catches it
+        assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144)
+
+
+def test_pooled_outputs_are_fresh_each_call():
+    x = torch.randn(4, 32, 64, 64).contiguous(memory_format=torch.channels_last)  # 2 MiB outputs and up
+    w = torch.randn(64, 32, 1, 1)
+    first = effconv.functional.conv2d(x, w)
+    ref = F.conv2d(x.double(), w.double())
+    assert_close(first, ref, 32)
+    del first
+    second = effconv.functional.conv2d(x * 2, w)  # may reuse the first output's buffer
+    assert_close(second, ref * 2, 32)
+    assert second.is_contiguous(memory_format=torch.channels_last)
+    second.add_(1)  # an ordinary, writable tensor
+    third = effconv.functional.conv2d(x.contiguous(), w)
+    assert third.is_contiguous() and third.data_ptr() != second.data_ptr()
