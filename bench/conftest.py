@@ -22,6 +22,7 @@ import torch
 
 RESULTS = collections.OrderedDict()  # (family, case, mode) -> {provider: row}
 TARGETS = {}                         # (family, case, mode) -> target speedup
+UNITS = {}                           # family -> what its numbers are, when not median ms
 OUT_DIR = Path(__file__).parent / "results"
 TIME_BUDGET_S = float(os.environ.get("EFFCONV_BENCH_SECONDS", "1.5"))
 
@@ -127,8 +128,10 @@ def _table(rows_by_key) -> list[str]:
             cells.append(f"{main['gbps']:.1f}" if main and main.get("gbps") else "")
             table.append(cells)
         widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(head)]
-        lines.append(f"== {family}: median ms (speedup 'x' = best torch provider / effconv) ==")
-        lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+        unit = UNITS.get(family, "median ms")
+        lines.append(f"== {family}: {unit} (ratio 'x' = best torch provider / effconv) ==")
+        lines.append("  ".join(h.replace(" ms", f" {unit.split()[-1]}" if family in UNITS else " ms").ljust(w)
+                               for h, w in zip(head, widths)))
         for r in table:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         lines.append("")

@@ -54,6 +54,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("padding"), py::arg("dilation"), py::arg("activation"), py::arg("out"),
         py::arg("stats") = py::none(), nogil);
   m.def("bn_act_backward_cuda", &effconv::cuda::bn_act_backward, nogil);
+  m.def("deform_conv2d_forward_cuda", &effconv::cuda::deform_conv2d_forward, nogil);
+  m.def("deform_conv2d_backward_cuda", &effconv::cuda::deform_conv2d_backward, nogil);
   m.def("depthwise_conv2d_grad_input_cuda", &effconv::cuda::depthwise_conv2d_grad_input, nogil);
   m.def("depthwise_conv2d_grad_weight_cuda", &effconv::cuda::depthwise_conv2d_grad_weight, nogil);
 #else

@@ -29,5 +29,18 @@ void bn_act_backward(const at::Tensor& grad_y, const at::Tensor& z, const at::Te
                      const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
                      int64_t activation, at::Tensor& grad_z, at::Tensor& grad_gamma, at::Tensor& grad_beta);
 
+// Deformable convolution (torchvision.ops.deform_conv2d semantics). The
+// backward writes the gradients that are defined; `deterministic` selects the
+// fixed-order (sort + gather) input gradient instead of atomics.
+void deform_conv2d_forward(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& out);
+void deform_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+                            const at::Tensor& weight, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const c10::optional<at::Tensor>& grad_input, const c10::optional<at::Tensor>& grad_offset,
+                            const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
+                            const c10::optional<at::Tensor>& grad_bias, bool deterministic);
+
 }  // namespace cuda
 }  // namespace effconv

@@ -1,0 +1,95 @@
+"""Deformable convolution (DCNv2 with mask, 3x3) against
+torchvision.ops.deform_conv2d on the same inputs: forward and
+forward+backward time, and the peak memory of forward+backward (each
+provider measured in a fresh process: peak RSS on CPU, the caching
+allocator's peak on CUDA)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.ops as tvo
+
+import effconv
+from conftest import UNITS, measure
+
+CONF = json.loads((Path(__file__).parent / "shapes" / "deform.json").read_text())
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CASES = [pytest.param(c, id=c["name"].replace(" ", "_")) for c in CONF["cases"]]
+FAMILY, MEMORY = "deform_conv2d vs torchvision", "deform_conv2d peak memory vs torchvision"
+UNITS[MEMORY] = "peak fwd+bwd MB"
+PROVIDERS = {"torchvision": tvo.deform_conv2d, "effconv": effconv.functional.deform_conv2d}
+
+
+def make_inputs(c, device, requires_grad=False, channels_last=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(c["n"], c["c"], c["h"], c["w"], generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ts = [x, torch.randn(c["n"], 18, c["h"], c["w"], generator=g), torch.randn(c["k"], c["c"], 3, 3, generator=g) * 0.05,
+          torch.randn(c["k"], generator=g), torch.rand(c["n"], 9, c["h"], c["w"], generator=g)]
+    return [t.to(device).requires_grad_(requires_grad) for t in ts]
+
+
+def flops(c):
+    return 2.0 * c["n"] * c["h"] * c["w"] * c["k"] * c["c"] * 9
+
+
+@pytest.mark.parametrize("provider", ["torchvision", "effconv", "effconv_cl"])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+@pytest.mark.parametrize("c", CASES)
+def test_deform_conv2d(benchmark, record, c, mode, provider):
+    fn = PROVIDERS[provider.removesuffix("_cl")]
+    x, off, w, b, m = make_inputs(c, DEVICE, mode != "forward", provider.endswith("_cl"))
+
+    def run():
+        y = fn(x, off, w, b, 1, 1, 1, m)
+        if mode != "forward":
+            y.sum().backward()
+            for t in (x, off, w, b, m):
+                t.grad = None
+
+    ctx = torch.no_grad() if mode == "forward" else torch.enable_grad()
+    with ctx:
+        timing = measure(benchmark, run, DEVICE)
+    record(FAMILY, c["name"], mode, provider, timing, flop=flops(c) * (1 if mode == "forward" else 3),
+           target=c["target"])
+
+
+_PEAK = r"""
+import resource, sys, json, torch
+sys.path.insert(0, {bench!r})
+from bench_deform_conv2d import make_inputs, PROVIDERS
+c, provider, device = json.loads(sys.argv[1]), sys.argv[2], torch.device(sys.argv[3])
+x, off, w, b, m = make_inputs(c, device, True)
+fn = PROVIDERS[provider]
+fn(x, off, w, b, 1, 1, 1, m).sum().backward()  # warm-up: one-time allocations (pools, packing) count too
+if device.type == "cuda":
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+else:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+for t in (x, off, w, b, m):
+    t.grad = None
+fn(x, off, w, b, 1, 1, 1, m).sum().backward()
+if device.type == "cuda":
+    torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - base
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(peak))
+"""
+
+
+@pytest.mark.parametrize("provider", ["torchvision", "effconv"])
+@pytest.mark.parametrize("c", CASES)
+def test_deform_conv2d_peak_memory(record, c, provider):
+    """CPU: the process's peak RSS after forward+backward (inputs and
+    warm-up included, the same for both providers); CUDA: the allocator's
+    peak above what was allocated before the step."""
+    out = subprocess.run([sys.executable, "-c", _PEAK.format(bench=str(Path(__file__).parent)), json.dumps(c),
+                          provider, DEVICE.type], capture_output=True, text=True, check=True)
+    mb = json.loads(out.stdout.strip().splitlines()[-1]) / 2**20
+    record(MEMORY, c["name"], "fwd+bwd", provider, {"median_ms": mb, "q20_ms": mb, "q80_ms": mb, "rounds": 1})
