@@ -322,3 +322,19 @@ def test_cuda_deterministic_backward_is_bitwise_reproducible():
         torch.use_deterministic_algorithms(False)
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("torchvision", "3x3_s2_og2_g2")])
+def test_other_isa_builds(isa, case):
+    C = effconv._ext.C()
+    before = C.cpu_isa()
+    if not C.set_cpu_isa(isa):
+        pytest.skip(f"this CPU cannot run the {isa} build")
+    try:
+        for dtype in (torch.float32, torch.float64):
+            args = make_args(case, dtype, "channels_last")
+            y, gy, grads = run(case, args)
+            check_against(case, args, y, gy, grads)
+    finally:
+        C.set_cpu_isa(before)

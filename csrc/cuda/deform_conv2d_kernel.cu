@@ -174,7 +174,7 @@ template <typename scalar_t, typename acc_t, int V>
 __global__ void gather_grad_input_kernel(Geom g, const scalar_t* __restrict__ off, const scalar_t* __restrict__ msk,
                                          const scalar_t* __restrict__ gcol, int64_t pixel0, int64_t n_images,
                                          const int64_t* __restrict__ order, const int64_t* __restrict__ starts,
-                                         int64_t n_keys, acc_t* __restrict__ gx) {
+                                         acc_t* __restrict__ gx) {
   const int64_t taps = g.taps(), vecs = g.cog() / V;
   const int64_t dests = n_images * g.H * g.W * g.OG, total = dests * vecs;
   const int64_t img0 = pixel0 / (g.P * g.Q);
@@ -186,7 +186,7 @@ __global__ void gather_grad_input_kernel(Geom g, const scalar_t* __restrict__ of
     acc_t acc[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) acc[k] = acc_t(0);
-    const int64_t end = dest + 1 < dests ? starts[dest + 1] : n_keys;
+    const int64_t end = starts[dest + 1];  // starts has dests + 1 entries: off-image keys sort past the last
     for (int64_t j = starts[dest]; j < end; ++j) {
       const int64_t src = order[j], sample = src / 4;
       const int q = int(src % 4);
@@ -347,10 +347,10 @@ void backward_typed(const Geom& g, const at::Tensor& grad_output, const at::Tens
       const at::Tensor& skeys = std::get<0>(sorted);
       const at::Tensor& order = std::get<1>(sorted);
       const int64_t dests = imgs * g.H * g.W * g.OG;
-      const at::Tensor starts = at::searchsorted(skeys, at::arange(dests, keys.options()));
+      const at::Tensor starts = at::searchsorted(skeys, at::arange(dests + 1, keys.options()));
       gather_grad_input_kernel<scalar_t, acc_t, V><<<blocks_for(dests * (g.cog() / V)), kThreads, 0, stream>>>(
           g, off.data_ptr<scalar_t>(), mp, gcol.data_ptr<scalar_t>(), pixel0, imgs, order.data_ptr<int64_t>(),
-          starts.data_ptr<int64_t>(), samples * 4, gx.data_ptr<acc_t>());
+          starts.data_ptr<int64_t>(), gx.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
