@@ -56,10 +56,10 @@ def test_inference(benchmark, record, name, batch, conf, provider):
     if provider == "torch_compile":
         import torch._inductor.config as inductor_config
 
-        with inductor_config.patch(freezing=True), torch.no_grad():
+        with inductor_config.patch(freezing=True), torch.inference_mode():
             model = torch.compile(model)
             model(x)  # compile outside the timed region
-    with torch.no_grad():
+    with torch.inference_mode():  # the same mode for every provider
         timing = measure(benchmark, lambda: model(x), DEVICE)
     case = case_name(name, batch)
     if provider != "torch_compile":

@@ -69,3 +69,12 @@ def test_pooled_outputs_are_fresh_each_call():
     second.add_(1)  # an ordinary, writable tensor
     third = effconv.functional.conv2d(x.contiguous(), w)
     assert third.is_contiguous() and third.data_ptr() != second.data_ptr()
+
+
+def test_inference_mode_hits_follow_the_version_counter():
+    x = torch.randn(1, 16, 7, 7)
+    w = torch.randn(32, 16, 3, 3)
+    with torch.inference_mode():
+        conv(x, w)
+        w.add_(1.0)  # in-place update of a normal tensor bumps its version in inference mode too
+        assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144)

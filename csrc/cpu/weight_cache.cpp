@@ -1,6 +1,7 @@
 #include "weight_cache.h"
 
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/intrusive_ptr.h>
 
 #include <cstdlib>
@@ -75,7 +76,12 @@ Packed cached_pack(const at::Tensor& weight, std::vector<int64_t> params, const 
     auto it = c.entries.find(key);
     if (it != c.entries.end()) {
       const auto alive = it->second.owner.lock();
-      if (alive.get() == impl && it->second.version == version && same_bytes(weight, *it->second.snapshot))
+      // Under torch.inference_mode() the version counter is trusted alone:
+      // the byte check reads the weight and its snapshot (about 1.3 ms per
+      // MobileNetV2 forward here), and inference code does not write
+      // weights through `.data`.
+      if (alive.get() == impl && it->second.version == version &&
+          (c10::InferenceMode::is_enabled() || same_bytes(weight, *it->second.snapshot)))
         return it->second.packed;
       c.bytes -= it->second.packed.bytes + it->second.snapshot->size();
       c.entries.erase(it);

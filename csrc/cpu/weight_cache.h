@@ -9,7 +9,9 @@
 // packing parameters. The entry holds a weak reference to the weight, so a
 // new tensor can never be mistaken for a freed one at the same address.
 // Writes through `.data` bypass the version counter, so a hit also compares
-// the weight's bytes with a snapshot taken at packing time. The cache serves
+// the weight's bytes with a snapshot taken at packing time -- except under
+// torch.inference_mode(), where the version counter is trusted alone (the
+// fast path for deployed inference). The cache serves
 // only calls made with autograd off (torch.no_grad(), torch.inference_mode():
 // inference, where it pays) and contiguous weights. Inference tensors (no
 // version counter) are never cached.
