@@ -3,7 +3,8 @@
     model = effconv.convert(torchvision.models.mobilenet_v2(weights=...))
     print(effconv.conversion_report(model))
 
-- every ``nn.Conv2d`` becomes an :class:`effconv.Conv2d` on the same tensors;
+- every ``nn.Conv2d`` becomes an :class:`effconv.Conv2d` on the same tensors,
+  and every ``torchvision.ops.DeformConv2d`` an :class:`effconv.DeformConv2d`;
 - inside ``nn.Sequential`` containers (torchvision's ``Conv2dNormActivation``
   included), Conv2d -> BatchNorm2d -> (ReLU | ReLU6 | SiLU | nothing) runs
   becomes one :class:`effconv.ConvBNAct2d` sharing the original parameters
@@ -26,6 +27,7 @@ from torch import nn
 
 from effconv.nn.conv import Conv2d
 from effconv.nn.conv_bn_act import ConvBNAct2d, activation_name
+from effconv.nn.deform import DeformConv2d
 
 
 @dataclasses.dataclass
@@ -45,6 +47,11 @@ class ConversionReport:
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
+
+
+def _is_torchvision_deform(m: nn.Module) -> bool:
+    # By name: torchvision is not imported unless the model already uses it.
+    return type(m).__name__ == "DeformConv2d" and type(m).__module__.startswith("torchvision.ops")
 
 
 def _is_plain_conv(m: nn.Module) -> bool:
@@ -91,6 +98,9 @@ def _convert_child(child: nn.Module, where: str, parent: nn.Module | None, fuse:
     if type(child) is nn.Conv2d:
         report.converted.append((where, "nn.Conv2d -> effconv.Conv2d"))
         return Conv2d.from_torch(child)
+    if _is_torchvision_deform(child):
+        report.converted.append((where, "torchvision.ops.DeformConv2d -> effconv.DeformConv2d"))
+        return DeformConv2d.from_torchvision(child)
     if isinstance(child, nn.Conv2d) and type(child) is not Conv2d:
         report.kept.append((where, f"{type(child).__name__} subclasses nn.Conv2d with its own forward"))
     elif type(child) is nn.BatchNorm2d:

@@ -338,3 +338,22 @@ def test_other_isa_builds(isa, case):
             check_against(case, args, y, gy, grads)
     finally:
         C.set_cpu_isa(before)
+
+
+def test_convert_swaps_torchvision_deform_conv():
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.offset = torch.nn.Conv2d(8, 18, 3, padding=1)
+            self.dcn = tvo.DeformConv2d(8, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.dcn(x, self.offset(x))
+
+    model = Head()
+    converted = effconv.convert(model)
+    assert type(converted.dcn) is effconv.DeformConv2d and type(converted.offset) is effconv.Conv2d
+    assert set(converted.state_dict()) == set(model.state_dict())
+    assert any("DeformConv2d" in what for _, what in effconv.conversion_report(converted).converted)
+    x = torch.randn(2, 8, 7, 7)
+    torch.testing.assert_close(converted(x), model(x), rtol=1e-4, atol=1e-4)

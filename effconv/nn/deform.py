@@ -48,6 +48,16 @@ class DeformConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
 
+    @classmethod
+    def from_torchvision(cls, module: nn.Module) -> "DeformConv2d":
+        """An effconv.DeformConv2d sharing a torchvision.ops.DeformConv2d's parameters."""
+        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                  module.dilation, module.groups, module.bias is not None, device=module.weight.device,
+                  dtype=module.weight.dtype)
+        new.weight = module.weight
+        new.bias = module.bias
+        return new
+
     def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None):
         return functional.deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
                                         self.dilation, mask)
