@@ -52,8 +52,31 @@ def _corners(off_ptr, orow, ocol, mask2, by, bx, H, W, ACC_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _corner_ptr(x_ptr, n_off, yy, xx, ch_off, valid, sxh, sxw, IDX: tl.constexpr):
+def _corner_ptr(x_ptr, n_off, yy, xx, ch_off, sxh, sxw, IDX: tl.constexpr):
     return x_ptr + n_off[:, None] + (yy.to(IDX) * sxh + xx.to(IDX) * sxw) + ch_off[None, :]
+
+
+@triton.jit
+def _columns(x_ptr, off_ptr, mask_ptr, offs_m, n_off, ch, og, t, mask2, by, bx, H, W, C, COG, TAPS, sxh, sxw,
+             HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX: tl.constexpr):
+    """The sampled columns of a [BLOCK_M pixels x BLOCK_K channels] tile at
+    tap t: the bilinear sample (times the mask), in ACC_DTYPE."""
+    y0, x0, ly, lx = _corners(off_ptr, offs_m.to(IDX) * (2 * C // COG * TAPS), 2 * (og * TAPS + t), mask2, by, bx,
+                              H, W, ACC_DTYPE)
+    val = tl.zeros(mask2.shape, dtype=ACC_DTYPE)
+    for corner in tl.static_range(4):
+        yy = y0 + corner // 2
+        xx = x0 + corner % 2
+        wy = ly if corner // 2 == 1 else 1.0 - ly
+        wx = lx if corner % 2 == 1 else 1.0 - lx
+        valid = mask2 & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        v = tl.load(_corner_ptr(x_ptr, n_off, yy, xx, ch.to(IDX), sxh, sxw, IDX), mask=valid, other=0.0)
+        val += (wy * wx) * v.to(ACC_DTYPE)
+    if HAS_MASK:
+        mrow = offs_m.to(IDX) * (C // COG * TAPS)
+        mk = tl.load(mask_ptr + mrow[:, None] + (og * TAPS + t)[None, :], mask=mask2, other=0.0)
+        val = val * mk.to(ACC_DTYPE)
+    return val
 
 
 @triton.jit
@@ -78,8 +101,6 @@ def deform_fwd_kernel(
     q = offs_m % Q
     n_off = n.to(IDX) * sxn
     K = KG * tl.num_programs(2)
-    orow = offs_m.to(IDX) * (2 * C // COG * TAPS)
-    mrow = offs_m.to(IDX) * (C // COG * TAPS)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for t in range(0, TAPS):
         by = p * stride_h - pad_h + (t // KW) * dil_h
@@ -90,20 +111,8 @@ def deform_fwd_kernel(
             mask2 = mask_m[:, None] & mask_k[None, :]
             ch = g * CG + offs_k
             og = ch // COG
-            y0, x0, ly, lx = _corners(off_ptr, orow, 2 * (og * TAPS + t), mask2, by, bx, H, W, ACC_DTYPE)
-            val = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC_DTYPE)
-            for corner in tl.static_range(4):
-                yy = y0 + corner // 2
-                xx = x0 + corner % 2
-                wy = ly if corner // 2 == 1 else 1.0 - ly
-                wx = lx if corner % 2 == 1 else 1.0 - lx
-                valid = mask2 & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-                v = tl.load(_corner_ptr(x_ptr, n_off, yy, xx, ch.to(IDX), valid, sxh, sxw, IDX), mask=valid,
-                            other=0.0)
-                val += (wy * wx) * v.to(ACC_DTYPE)
-            if HAS_MASK:
-                mk = tl.load(mask_ptr + mrow[:, None] + (og * TAPS + t)[None, :], mask=mask2, other=0.0)
-                val = val * mk.to(ACC_DTYPE)
+            val = _columns(x_ptr, off_ptr, mask_ptr, offs_m, n_off, ch, og, t, mask2, by, bx, H, W, C, COG, TAPS,
+                           sxh, sxw, HAS_MASK, ACC_DTYPE, IDX)
             b = tl.load(w_ptr + (t * CG + offs_k).to(IDX)[:, None] * K + (g * KG + offs_n)[None, :],
                         mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             acc = tl.dot(val.to(b.dtype), b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
@@ -178,7 +187,7 @@ def deform_grad_cols_kernel(
                 gx_off = gx_n[:, None] + ((yy.to(IDX) * W + xx.to(IDX)) * C) + ch.to(IDX)[None, :]
                 tl.atomic_add(gx_ptr + gx_off, mk * wy * wx * gcol, mask=valid)
             if WANT_COORD:
-                v = tl.load(_corner_ptr(x_ptr, n_off, yy, xx, ch.to(IDX), valid, sxh, sxw, IDX), mask=valid,
+                v = tl.load(_corner_ptr(x_ptr, n_off, yy, xx, ch.to(IDX), sxh, sxw, IDX), mask=valid,
                             other=0.0).to(ACC_DTYPE)
                 gv = gcol * v
                 # d/dy of the corner weight: +-wx; d/dx: +-wy (torchvision's coordinate weight)
@@ -240,24 +249,10 @@ def deform_grad_weight_kernel(
         n = offs_m // (P * Q)
         p = (offs_m % (P * Q)) // Q
         q = offs_m % Q
-        orow = offs_m.to(IDX) * (2 * C // COG * TAPS)
         by = p * stride_h - pad_h + (t // KW) * dil_h
         bx = q * stride_w - pad_w + (t % KW) * dil_w
-        y0, x0, ly, lx = _corners(off_ptr, orow, 2 * (og * TAPS + t), mask2, by, bx, H, W, ACC_DTYPE)
-        val = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC_DTYPE)
-        for corner in tl.static_range(4):
-            yy = y0 + corner // 2
-            xx = x0 + corner % 2
-            wy = ly if corner // 2 == 1 else 1.0 - ly
-            wx = lx if corner % 2 == 1 else 1.0 - lx
-            valid = mask2 & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            v = tl.load(_corner_ptr(x_ptr, n.to(IDX) * sxn, yy, xx, ch.to(IDX), valid, sxh, sxw, IDX), mask=valid,
-                        other=0.0)
-            val += (wy * wx) * v.to(ACC_DTYPE)
-        if HAS_MASK:
-            mrow = offs_m.to(IDX) * (C // COG * TAPS)
-            mk = tl.load(mask_ptr + mrow[:, None] + (og * TAPS + t)[None, :], mask=mask2, other=0.0)
-            val = val * mk.to(ACC_DTYPE)
+        val = _columns(x_ptr, off_ptr, mask_ptr, offs_m, n.to(IDX) * sxn, ch, og, t, mask2, by, bx, H, W, C, COG,
+                       TAPS, sxh, sxw, HAS_MASK, ACC_DTYPE, IDX)
         d = tl.load(dy_ptr + (n.to(IDX) * sdn + p.to(IDX) * sdp + q.to(IDX) * sdq)[:, None]
                     + ((g * KG + offs_n).to(IDX) * sdk)[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(tl.trans(val.to(d.dtype)), d, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)

@@ -188,9 +188,9 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x), mod(x))
 
 
-def test_cpu_backward_is_deterministic():
-    case = BY_NAME["3x3_s2_og2_g2"]
-    args = make_args(case, torch.float32, "channels_last")
+def backward_twice_deterministic(case, args):
+    """The gradients of two identical backward passes under
+    torch.use_deterministic_algorithms(True)."""
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(5)
@@ -199,6 +199,12 @@ def test_cpu_backward_is_deterministic():
         _, _, g2 = run(case, args)
     finally:
         torch.use_deterministic_algorithms(False)
+    return g1, g2
+
+
+def test_cpu_backward_is_deterministic():
+    case = BY_NAME["3x3_s2_og2_g2"]
+    g1, g2 = backward_twice_deterministic(case, make_args(case, torch.float32, "channels_last"))
     for a, b in zip(g1, g2):
         assert a is None or torch.equal(a, b)
 
@@ -311,15 +317,7 @@ def test_cuda_matches_reference(case, dtype):
 @cuda
 def test_cuda_deterministic_backward_is_bitwise_reproducible():
     case = BY_NAME["3x3_s2_og2_g2"]
-    args = [t.cuda() for t in make_args(case, torch.float32, "channels_last")]
-    torch.use_deterministic_algorithms(True)
-    try:
-        torch.manual_seed(5)
-        _, _, g1 = run(case, args)
-        torch.manual_seed(5)
-        _, _, g2 = run(case, args)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    g1, g2 = backward_twice_deterministic(case, [t.cuda() for t in make_args(case, torch.float32, "channels_last")])
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)
 

@@ -3,10 +3,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "effconv/checks.h"
 #include "effconv/conv2d_shape.h"
+#include "effconv/shapes.h"
 
 namespace effconv {
 namespace cpu {
@@ -57,6 +59,23 @@ std::vector<T> padded_channel_vector(const c10::optional<at::Tensor>& v, int64_t
   return out;
 }
 
+// Columns [0, ncols) of `rows` rows (row i at src + i * ld) as panels of nr
+// columns, zero-padded: panel p holds rows x nr values at dst + p * rows * nr
+// (the D operand of the weight-gradient microkernel, WGemmArgs).
+template <typename T>
+void pack_row_panels(const T* src, int64_t ld, int64_t rows, int64_t ncols, int64_t nr, T* dst) {
+  for (int64_t p = 0; p * nr < ncols; ++p) {
+    T* d = dst + p * rows * nr;
+    const int64_t width = std::min(nr, ncols - p * nr);
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* s = src + i * ld + p * nr;
+      int64_t j = 0;
+      for (; j < width; ++j) d[i * nr + j] = s[j];
+      for (; j < nr; ++j) d[i * nr + j] = T(0);
+    }
+  }
+}
+
 // Per-thread batch-statistics accumulators for the conv epilogue: thread t
 // adds into its own [sum | sum of squares] rows, and finish() sums the
 // threads in order into `stats` ([2, K] float64): deterministic for a given
@@ -105,42 +124,6 @@ class StatsPartials {
   at::Tensor stats_;
   std::vector<double> parts_;
 };
-
-inline Conv2dShape make_conv2d_shape(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  EFFCONV_CHECK_DIM(input, 4);
-  EFFCONV_CHECK_DIM(weight, 4);
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "expected 2-element stride, padding and dilation, got ", stride, ", ", padding, ", ", dilation);
-  TORCH_CHECK(groups > 0, "expected groups > 0, got ", groups);
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "expected positive stride, got ", stride);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "expected positive dilation, got ", dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "expected non-negative padding, got ", padding);
-  Conv2dShape s;
-  s.N = input.size(0);
-  s.C = input.size(1);
-  s.H = input.size(2);
-  s.W = input.size(3);
-  s.K = weight.size(0);
-  s.R = weight.size(2);
-  s.S = weight.size(3);
-  s.stride_h = stride[0];
-  s.stride_w = stride[1];
-  s.pad_h = padding[0];
-  s.pad_w = padding[1];
-  s.dil_h = dilation[0];
-  s.dil_w = dilation[1];
-  s.groups = groups;
-  TORCH_CHECK(s.C % groups == 0 && s.K % groups == 0, "expected channels divisible by groups=", groups,
-              ", got in_channels=", s.C, " out_channels=", s.K);
-  TORCH_CHECK(weight.size(1) == s.C / groups, "expected weight of size [", s.K, ", ", s.C / groups, ", ", s.R, ", ",
-              s.S, "] for input with ", s.C, " channels and groups=", groups, ", got ", weight.sizes());
-  s.P = conv_out_size(s.H, s.R, s.stride_h, s.pad_h, s.dil_h);
-  s.Q = conv_out_size(s.W, s.S, s.stride_w, s.pad_w, s.dil_w);
-  TORCH_CHECK(s.P > 0 && s.Q > 0, "expected a kernel no larger than the padded input, got kernel (", s.R, ", ", s.S,
-              ") with dilation ", dilation, " for padded input (", s.H + 2 * s.pad_h, ", ", s.W + 2 * s.pad_w, ")");
-  return s;
-}
 
 }  // namespace cpu
 }  // namespace effconv

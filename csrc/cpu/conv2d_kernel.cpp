@@ -574,16 +574,7 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
           }
         }
         for (int64_t g = 0; g < G; ++g) {
-          for (int64_t p = 0; p < npanels; ++p) {
-            T* dst = dpack.data() + p * rows * nr;
-            const int64_t width = std::min(nr, Kg - p * nr);
-            for (int64_t i = 0; i < rows; ++i) {
-              const T* src = dyp + (m0 + i) * s.K + g * Kg + p * nr;
-              int64_t j = 0;
-              for (; j < width; ++j) dst[i * nr + j] = src[j];
-              for (; j < nr; ++j) dst[i * nr + j] = T(0);
-            }
-          }
+          pack_row_panels(dyp + m0 * s.K + g * Kg, s.K, rows, Kg, nr, dpack.data());
           WGemmArgs<T> args;
           args.x = xi.data();
           args.x_off = g * Cg;

@@ -28,46 +28,6 @@ namespace effconv {
 namespace cpu {
 namespace {
 
-struct DeformGeom {
-  int64_t N, C, H, W, K, G, OG, kh, kw, P, Q;
-  int64_t sh, sw, ph, pw, dh, dw;
-  int64_t taps() const { return kh * kw; }
-  int64_t cg() const { return C / G; }
-  int64_t kg() const { return K / G; }
-};
-
-DeformGeom geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                    const c10::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
-                    at::IntArrayRef dilation) {
-  EFFCONV_CHECK_DIM(input, 4);
-  EFFCONV_CHECK_DIM(offset, 4);
-  EFFCONV_CHECK_DIM(weight, 4);
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "expected 2-element stride, padding and dilation");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0 && padding[0] >= 0 &&
-                  padding[1] >= 0,
-              "expected positive stride and dilation and non-negative padding");
-  DeformGeom g;
-  g.N = input.size(0), g.C = input.size(1), g.H = input.size(2), g.W = input.size(3);
-  g.K = weight.size(0), g.kh = weight.size(2), g.kw = weight.size(3);
-  TORCH_CHECK(weight.size(1) > 0 && g.C % weight.size(1) == 0, "weight ", weight.sizes(), " does not fit input ",
-              input.sizes());
-  g.G = g.C / weight.size(1);
-  TORCH_CHECK(g.K % g.G == 0, "out channels ", g.K, " not divisible by groups ", g.G);
-  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
-  g.P = conv_out_size(g.H, g.kh, g.sh, g.ph, g.dh);
-  g.Q = conv_out_size(g.W, g.kw, g.sw, g.pw, g.dw);
-  TORCH_CHECK(g.P > 0 && g.Q > 0, "kernel larger than the padded input");
-  const int64_t taps = g.taps();
-  TORCH_CHECK(offset.size(1) % (2 * taps) == 0 && offset.size(1) > 0, "offset channels ", offset.size(1),
-              " not a multiple of 2 * taps");
-  g.OG = offset.size(1) / (2 * taps);
-  TORCH_CHECK(g.C % g.OG == 0, "input channels ", g.C, " not divisible by offset groups ", g.OG);
-  EFFCONV_CHECK_SIZES(offset, g.N, 2 * g.OG * taps, g.P, g.Q);
-  if (mask.has_value() && mask->defined()) EFFCONV_CHECK_SIZES((*mask), g.N, g.OG * taps, g.P, g.Q);
-  return g;
-}
-
 // [N, P, Q, channels] contiguous in the compute dtype.
 at::Tensor per_pixel(const at::Tensor& t, at::ScalarType ct) {
   return t.to(ct).permute({0, 2, 3, 1}).contiguous();
@@ -75,13 +35,13 @@ at::Tensor per_pixel(const at::Tensor& t, at::ScalarType ct) {
 
 // Pixels per tile: the tile's columns stay near 1 MiB (L2-sized; 256 KiB
 // tiles made the C=256 GEMMs too short to run at speed).
-int64_t tile_pixels(const DeformGeom& g, size_t elem) {
+int64_t tile_pixels(const DeformShape& g, size_t elem) {
   const int64_t row = std::max<int64_t>(1, g.taps() * g.C * int64_t(elem));
   return std::clamp<int64_t>((1 << 20) / row, 16, 512);
 }
 
 template <typename T>
-DeformColArgs<T> col_args(const DeformGeom& g, const T* x, const T* off, const T* msk, int64_t pixel0, int64_t m,
+DeformColArgs<T> col_args(const DeformShape& g, const T* x, const T* off, const T* msk, int64_t pixel0, int64_t m,
                           std::vector<int64_t>& by, std::vector<int64_t>& bx, T* col) {
   by.resize(m);
   bx.resize(m);
@@ -107,46 +67,30 @@ DeformColArgs<T> col_args(const DeformGeom& g, const T* x, const T* off, const T
   return a;
 }
 
-// The weight as microkernel panels: per group, [panel][taps * C/G rows][nr]
-// (zero beyond K/G), matching the columns' order.
+// The weight of each group as microkernel panels [panel][rows][nr]: rows
+// taps * C/G (the columns' order) by columns K/G for the forward, or
+// transposed (rows K/G by columns taps * C/G) for the columns' gradient
+// dY @ W_g^T. Zero beyond the last column.
 template <typename T>
-std::vector<T> pack_panels(const at::Tensor& weight, const DeformGeom& g, int64_t nr) {
+std::vector<T> pack_weight_panels(const at::Tensor& weight, const DeformShape& g, int64_t nr, bool transposed) {
   const at::Tensor w = weight.to(c10::CppTypeToScalarType<T>::value).contiguous();
   const T* ws = w.data_ptr<T>();
-  const int64_t cg = g.cg(), kg = g.kg(), taps = g.taps(), kc = taps * cg, npanels = ceil_div(kg, nr);
-  std::vector<T> out(size_t(g.G * npanels * kc * nr), T(0));
-  for (int64_t gi = 0; gi < g.G; ++gi)
-    for (int64_t j = 0; j < kg; ++j) {
-      const int64_t p = j / nr, lane = j % nr;
-      T* dst = out.data() + ((gi * npanels + p) * kc) * nr + lane;
-      const T* src = ws + (gi * kg + j) * cg * taps;  // [cg][taps]
-      for (int64_t c = 0; c < cg; ++c)
-        for (int64_t t = 0; t < taps; ++t) dst[(t * cg + c) * nr] = src[c * taps + t];
-    }
-  return out;
-}
-
-// The transposed weight as microkernel panels for the columns' gradient
-// dY [pixels, K/G] @ W_g^T: per group, [panel over taps * C/G][K/G rows][nr].
-template <typename T>
-std::vector<T> pack_panels_t(const at::Tensor& weight, const DeformGeom& g, int64_t nr) {
-  const at::Tensor w = weight.to(c10::CppTypeToScalarType<T>::value).contiguous();
-  const T* ws = w.data_ptr<T>();
-  const int64_t cg = g.cg(), kg = g.kg(), taps = g.taps(), kc = taps * cg, npanels = ceil_div(kc, nr);
-  std::vector<T> out(size_t(g.G * npanels * kg * nr), T(0));
+  const int64_t cg = g.cg(), kg = g.kg(), taps = g.taps(), kc = taps * cg;
+  const int64_t rows = transposed ? kg : kc, cols = transposed ? kc : kg, npanels = ceil_div(cols, nr);
+  std::vector<T> out(size_t(g.G * npanels * rows * nr), T(0));
   for (int64_t gi = 0; gi < g.G; ++gi)
     for (int64_t j = 0; j < kg; ++j) {
       const T* src = ws + (gi * kg + j) * cg * taps;  // [cg][taps]
       for (int64_t r = 0; r < kc; ++r) {
-        const int64_t t = r / cg, c = r % cg;
-        out[((gi * npanels + r / nr) * kg + j) * nr + r % nr] = src[c * taps + t];
+        const int64_t row = transposed ? j : r, col = transposed ? r : j;
+        out[((gi * npanels + col / nr) * rows + row) * nr + col % nr] = src[(r % cg) * taps + r / cg];
       }
     }
   return out;
 }
 
 template <typename T>
-void forward_typed(const DeformGeom& g, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+void forward_typed(const DeformShape& g, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                    const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
   const at::ScalarType ct = c10::CppTypeToScalarType<T>::value;
   const at::Tensor x = as_nhwc(input, ct), off = per_pixel(offset, ct);
@@ -159,7 +103,8 @@ void forward_typed(const DeformGeom& g, const at::Tensor& input, const at::Tenso
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(kg, nr), kpad = npanels * nr;
   // The GEMM is our microkernel (as in conv2d): ATen's BLAS ran this shape
   // (N2 C256 64x64: [8192 x 2304] x [2304 x 256]) at under half its speed.
-  const auto wp = packed_weight<T>(weight, {3, g.G, kc, kg, nr}, [&] { return pack_panels<T>(weight, g, nr); });
+  const auto wp = packed_weight<T>(weight, {3, g.G, kc, kg, nr},
+                                  [&] { return pack_weight_panels<T>(weight, g, nr, false); });
   const std::vector<T> bias_p = padded_channel_vector<T>(bias, g.G, kg, kpad, T(0));
   const int64_t zero_b = 0;
   OutBuffer ob(out, ct);
@@ -219,7 +164,7 @@ void forward_typed(const DeformGeom& g, const at::Tensor& input, const at::Tenso
 }
 
 template <typename T>
-void backward_typed(const DeformGeom& g, const at::Tensor& grad_output, const at::Tensor& input,
+void backward_typed(const DeformShape& g, const at::Tensor& grad_output, const at::Tensor& input,
                     const at::Tensor& offset, const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
                     const c10::optional<at::Tensor>& grad_input, const c10::optional<at::Tensor>& grad_offset,
                     const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
@@ -259,7 +204,7 @@ void backward_typed(const DeformGeom& g, const at::Tensor& grad_output, const at
   const int64_t nr_w = int64_t(nv_w) * lanes, np_w = ceil_div(kg, nr_w), kpad_w = np_w * nr_w;
   const int nv_c = choose_nv(kc, lanes);
   const int64_t nr_c = int64_t(nv_c) * lanes, np_c = ceil_div(kc, nr_c);
-  const std::vector<T> wt = w_col_grad ? pack_panels_t<T>(weight, g, nr_c) : std::vector<T>();
+  const std::vector<T> wt = w_col_grad ? pack_weight_panels<T>(weight, g, nr_c, true) : std::vector<T>();
   const ReductionBlocking rb = reduction_blocking(1, kg, nr_c, sizeof(T));
   const int64_t zero_b = 0;
   std::vector<T> gw_slots(w_gw ? size_t(slots * g.G * kc * kpad_w) : 0, T(0));
@@ -286,16 +231,7 @@ void backward_typed(const DeformGeom& g, const at::Tensor& grad_output, const at
             isa.deform_col(a);
             for (int64_t i = 0; i < m; ++i) rows[i] = col.data() + i * ldcol;
             for (int64_t gi = 0; gi < g.G; ++gi) {
-              for (int64_t pn = 0; pn < np_w; ++pn) {
-                T* dst = dpack.data() + pn * m * nr_w;
-                const int64_t width = std::min(nr_w, kg - pn * nr_w);
-                for (int64_t i = 0; i < m; ++i) {
-                  const T* src = dy_tile + i * g.K + gi * kg + pn * nr_w;
-                  int64_t j = 0;
-                  for (; j < width; ++j) dst[i * nr_w + j] = src[j];
-                  for (; j < nr_w; ++j) dst[i * nr_w + j] = T(0);
-                }
-              }
+              pack_row_panels(dy_tile + gi * kg, g.K, m, kg, nr_w, dpack.data());
               WGemmArgs<T> w;
               w.x = rows.data();
               w.x_off = gi * kc;
@@ -366,7 +302,7 @@ void deform_conv2d_forward(const at::Tensor& input, const at::Tensor& offset, co
                            const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& out) {
   EFFCONV_CHECK_CPU(input);
-  const DeformGeom g = geometry(input, offset, weight, mask, stride, padding, dilation);
+  const DeformShape g = make_deform_shape(input, offset, weight, mask, stride, padding, dilation);
   EFFCONV_CHECK_SIZES(out, g.N, g.K, g.P, g.Q);
   if (out.numel() == 0) return;
   if (compute_type(input.scalar_type()) == at::kDouble)
@@ -382,7 +318,7 @@ void deform_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& inp
                             const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
                             const c10::optional<at::Tensor>& grad_bias) {
   EFFCONV_CHECK_CPU(input);
-  const DeformGeom g = geometry(input, offset, weight, mask, stride, padding, dilation);
+  const DeformShape g = make_deform_shape(input, offset, weight, mask, stride, padding, dilation);
   EFFCONV_CHECK_SIZES(grad_output, g.N, g.K, g.P, g.Q);
   if (grad_input.has_value() && grad_input->defined()) EFFCONV_CHECK_SIZES((*grad_input), g.N, g.C, g.H, g.W);
   if (grad_offset.has_value() && grad_offset->defined()) EFFCONV_CHECK_SIZES((*grad_offset), g.N, 2 * g.OG * g.taps(), g.P, g.Q);

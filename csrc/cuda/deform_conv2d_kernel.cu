@@ -31,6 +31,7 @@
 #include "effconv/checks.h"
 #include "effconv/conv2d_shape.h"
 #include "effconv/deform.h"
+#include "effconv/shapes.h"
 #include "kernels.h"
 
 namespace effconv {
@@ -38,15 +39,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-struct Geom {
-  int64_t N, C, H, W, K, G, OG, kh, kw, P, Q;
-  int64_t sh, sw, ph, pw, dh, dw;
-  __host__ __device__ int64_t taps() const { return kh * kw; }
-  __host__ __device__ int64_t cg() const { return C / G; }
-  __host__ __device__ int64_t kg() const { return K / G; }
-  __host__ __device__ int64_t cog() const { return C / OG; }
-};
 
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Vec {
@@ -56,7 +48,7 @@ struct alignas(sizeof(T) * V) Vec {
 // Sample s = ((pixel * OG + og) * taps + t) of a chunk whose first pixel is
 // global pixel `pixel0`: its corners and mask.
 template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t locate(const Geom& g, const scalar_t* __restrict__ off,
+__device__ __forceinline__ acc_t locate(const DeformShape& g, const scalar_t* __restrict__ off,
                                         const scalar_t* __restrict__ msk, int64_t pixel, int64_t og, int64_t t,
                                         deform::Corners<acc_t>& c) {
   const int64_t taps = g.taps();
@@ -71,7 +63,7 @@ __device__ __forceinline__ acc_t locate(const Geom& g, const scalar_t* __restric
 
 // Columns of pixels [pixel0, pixel0 + m): col[(i * G + grp) * taps + t][c'] (c' within the group).
 template <typename scalar_t, typename acc_t, int V>
-__global__ void im2col_kernel(Geom g, const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+__global__ void im2col_kernel(DeformShape g, const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                               const scalar_t* __restrict__ msk, int64_t pixel0, int64_t m,
                               scalar_t* __restrict__ col) {
   const int64_t taps = g.taps(), vecs = g.cog() / V;
@@ -109,7 +101,7 @@ __global__ void im2col_kernel(Geom g, const scalar_t* __restrict__ x, const scal
 // Per sample: offset/mask gradients over the offset group's channels and,
 // when gx is set, the input gradient scattered with atomics.
 template <typename scalar_t, typename acc_t, int V>
-__global__ void col2im_kernel(Geom g, const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+__global__ void col2im_kernel(DeformShape g, const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                               const scalar_t* __restrict__ msk, const scalar_t* __restrict__ gcol, int64_t pixel0,
                               int64_t m, acc_t* __restrict__ gx, acc_t* __restrict__ goff, acc_t* __restrict__ gmsk) {
   const int64_t taps = g.taps(), total = m * g.OG * taps;
@@ -152,7 +144,7 @@ __global__ void col2im_kernel(Geom g, const scalar_t* __restrict__ x, const scal
 // Deterministic input gradient, step 1: the key of every (sample, corner) of
 // the chunk: (image-local input pixel * OG + og), or INT64_MAX off the image.
 template <typename scalar_t, typename acc_t>
-__global__ void corner_keys_kernel(Geom g, const scalar_t* __restrict__ off, int64_t pixel0, int64_t m,
+__global__ void corner_keys_kernel(DeformShape g, const scalar_t* __restrict__ off, int64_t pixel0, int64_t m,
                                    int64_t* __restrict__ keys) {
   const int64_t taps = g.taps(), total = m * g.OG * taps;
   const int64_t img0 = pixel0 / (g.P * g.Q);
@@ -171,7 +163,7 @@ __global__ void corner_keys_kernel(Geom g, const scalar_t* __restrict__ off, int
 // Step 2: one thread per (input pixel, offset group, channel vector) sums
 // its sorted contributions in sample order.
 template <typename scalar_t, typename acc_t, int V>
-__global__ void gather_grad_input_kernel(Geom g, const scalar_t* __restrict__ off, const scalar_t* __restrict__ msk,
+__global__ void gather_grad_input_kernel(DeformShape g, const scalar_t* __restrict__ off, const scalar_t* __restrict__ msk,
                                          const scalar_t* __restrict__ gcol, int64_t pixel0, int64_t n_images,
                                          const int64_t* __restrict__ order, const int64_t* __restrict__ starts,
                                          acc_t* __restrict__ gx) {
@@ -210,44 +202,16 @@ int blocks_for(int64_t work) {
   return int(std::min<int64_t>(std::max<int64_t>(1, (work + kThreads - 1) / kThreads), 65535 * 8));
 }
 
-Geom geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-              const c10::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
-              at::IntArrayRef dilation) {
-  EFFCONV_CHECK_CUDA(input);
-  EFFCONV_CHECK_DIM(input, 4);
-  EFFCONV_CHECK_DIM(offset, 4);
-  EFFCONV_CHECK_DIM(weight, 4);
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "expected 2-element stride, padding and dilation");
-  Geom g;
-  g.N = input.size(0), g.C = input.size(1), g.H = input.size(2), g.W = input.size(3);
-  g.K = weight.size(0), g.kh = weight.size(2), g.kw = weight.size(3);
-  TORCH_CHECK(weight.size(1) > 0 && g.C % weight.size(1) == 0, "weight does not fit the input channels");
-  g.G = g.C / weight.size(1);
-  TORCH_CHECK(g.K % g.G == 0, "out channels not divisible by groups");
-  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
-  TORCH_CHECK(g.sh > 0 && g.sw > 0 && g.dh > 0 && g.dw > 0 && g.ph >= 0 && g.pw >= 0, "bad stride/padding/dilation");
-  g.P = conv_out_size(g.H, g.kh, g.sh, g.ph, g.dh);
-  g.Q = conv_out_size(g.W, g.kw, g.sw, g.pw, g.dw);
-  TORCH_CHECK(g.P > 0 && g.Q > 0, "kernel larger than the padded input");
-  TORCH_CHECK(offset.size(1) > 0 && offset.size(1) % (2 * g.taps()) == 0, "offset channels not a multiple of 2*taps");
-  g.OG = offset.size(1) / (2 * g.taps());
-  TORCH_CHECK(g.C % g.OG == 0, "input channels not divisible by offset groups");
-  EFFCONV_CHECK_SIZES(offset, g.N, 2 * g.OG * g.taps(), g.P, g.Q);
-  if (mask.has_value() && mask->defined()) EFFCONV_CHECK_SIZES((*mask), g.N, g.OG * g.taps(), g.P, g.Q);
-  return g;
-}
-
 // Channels per thread: a 16-byte vector when every run of channels a thread
 // touches (offset group, weight group) is a whole number of vectors.
 template <typename scalar_t>
-int vector_width(const Geom& g) {
+int vector_width(const DeformShape& g) {
   const int v = int(16 / sizeof(scalar_t));
   return (g.cog() % v == 0 && g.cg() % v == 0 && g.C % v == 0) ? v : 1;
 }
 
 // Images per chunk: the chunk's column buffer stays within 256 MiB.
-int64_t images_per_chunk(const Geom& g, size_t elem) {
+int64_t images_per_chunk(const DeformShape& g, size_t elem) {
   const int64_t per_image = std::max<int64_t>(1, g.P * g.Q * g.taps() * g.C * int64_t(elem));
   return std::clamp<int64_t>((int64_t(256) << 20) / per_image, 1, std::max<int64_t>(g.N, 1));
 }
@@ -255,13 +219,13 @@ int64_t images_per_chunk(const Geom& g, size_t elem) {
 at::Tensor per_pixel(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
 
 // weight [K, C/G, kh, kw] -> [G, taps * C/G, K/G] (the columns' order)
-at::Tensor pack_weight(const at::Tensor& weight, const Geom& g) {
+at::Tensor pack_weight(const at::Tensor& weight, const DeformShape& g) {
   return weight.view({g.G, g.kg(), g.cg(), g.kh, g.kw}).permute({0, 3, 4, 2, 1}).contiguous().view(
       {g.G, g.taps() * g.cg(), g.kg()});
 }
 
 template <typename scalar_t, typename acc_t, int V>
-void launch_im2col(const Geom& g, const at::Tensor& x, const at::Tensor& off, const scalar_t* msk, int64_t pixel0,
+void launch_im2col(const DeformShape& g, const at::Tensor& x, const at::Tensor& off, const scalar_t* msk, int64_t pixel0,
                    int64_t m, at::Tensor& col) {
   const int64_t work = m * g.OG * g.taps() * (g.cog() / V);
   im2col_kernel<scalar_t, acc_t, V><<<blocks_for(work), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -270,7 +234,7 @@ void launch_im2col(const Geom& g, const at::Tensor& x, const at::Tensor& off, co
 }
 
 template <typename scalar_t, typename acc_t, int V>
-void forward_typed(const Geom& g, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+void forward_typed(const DeformShape& g, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                    const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast), off = per_pixel(offset);
   const bool has_mask = mask.has_value() && mask->defined();
@@ -294,7 +258,7 @@ void forward_typed(const Geom& g, const at::Tensor& input, const at::Tensor& off
 }
 
 template <typename scalar_t, typename acc_t, int V>
-void backward_typed(const Geom& g, const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+void backward_typed(const DeformShape& g, const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
                     const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
                     const c10::optional<at::Tensor>& grad_input, const c10::optional<at::Tensor>& grad_offset,
                     const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
@@ -376,7 +340,8 @@ void dispatch_vector(int v, const F& f) {
 void deform_conv2d_forward(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& out) {
-  const Geom g = geometry(input, offset, weight, mask, stride, padding, dilation);
+  EFFCONV_CHECK_CUDA(input);
+  const DeformShape g = make_deform_shape(input, offset, weight, mask, stride, padding, dilation);
   EFFCONV_CHECK_SIZES(out, g.N, g.K, g.P, g.Q);
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(input.device());
@@ -394,7 +359,8 @@ void deform_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& inp
                             const c10::optional<at::Tensor>& grad_input, const c10::optional<at::Tensor>& grad_offset,
                             const c10::optional<at::Tensor>& grad_weight, const c10::optional<at::Tensor>& grad_mask,
                             const c10::optional<at::Tensor>& grad_bias, bool deterministic) {
-  const Geom g = geometry(input, offset, weight, mask, stride, padding, dilation);
+  EFFCONV_CHECK_CUDA(input);
+  const DeformShape g = make_deform_shape(input, offset, weight, mask, stride, padding, dilation);
   EFFCONV_CHECK_SIZES(grad_output, g.N, g.K, g.P, g.Q);
   const c10::cuda::CUDAGuard guard(input.device());
   if (grad_bias.has_value() && grad_bias->defined())

@@ -25,6 +25,7 @@
 #include "effconv/checks.h"
 #include "effconv/conv2d_shape.h"
 #include "effconv/epilogue.h"
+#include "effconv/shapes.h"
 #include "kernels.h"
 
 namespace effconv {
@@ -289,23 +290,9 @@ const float* channel_vector(const c10::optional<at::Tensor>& v, at::Tensor& keep
 DwParams make_params(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation) {
   DwParams p{};
-  Conv2dShape& s = p.s;
-  s.N = x.size(0);
-  s.C = x.size(1);
-  s.H = x.size(2);
-  s.W = x.size(3);
-  s.K = weight.size(0);
-  s.R = weight.size(2);
-  s.S = weight.size(3);
-  s.P = y.size(2);
-  s.Q = y.size(3);
-  s.stride_h = stride[0];
-  s.stride_w = stride[1];
-  s.pad_h = padding[0];
-  s.pad_w = padding[1];
-  s.dil_h = dilation[0];
-  s.dil_w = dilation[1];
-  s.groups = s.C;
+  p.s = make_conv2d_shape(x, weight, stride, padding, dilation, x.size(1));
+  const Conv2dShape& s = p.s;
+  EFFCONV_CHECK_SIZES(y, s.N, s.K, s.P, s.Q);
   p.mult = s.K / s.C;
   p.x_n = x.stride(0), p.x_c = x.stride(1), p.x_h = x.stride(2), p.x_w = x.stride(3);
   p.y_n = y.stride(0), p.y_k = y.stride(1), p.y_p = y.stride(2), p.y_q = y.stride(3);

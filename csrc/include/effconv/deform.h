@@ -26,6 +26,18 @@
 #include "effconv/macros.h"
 
 namespace effconv {
+
+// Shape of a deformable convolution: input N x C x H x W, weight
+// K x (C/G) x kh x kw, offset_groups OG, output P x Q.
+struct DeformShape {
+  int64_t N, C, H, W, K, G, OG, kh, kw, P, Q;
+  int64_t sh, sw, ph, pw, dh, dw;  // stride, padding, dilation (h, w)
+  EFFCONV_HD_MEMBER int64_t taps() const { return kh * kw; }
+  EFFCONV_HD_MEMBER int64_t cg() const { return C / G; }    // input channels per weight group
+  EFFCONV_HD_MEMBER int64_t kg() const { return K / G; }    // output channels per weight group
+  EFFCONV_HD_MEMBER int64_t cog() const { return C / OG; }  // input channels per offset group
+};
+
 namespace deform {
 
 // The four corners of a sample: pixel indices h * W + w (or -1 outside the
