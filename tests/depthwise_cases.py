@@ -14,6 +14,9 @@ DW_CASES = [
     dw("dw3x3_odd_channels", 2, 19, 9, 7, 3, 3, padding=1),
     dw("dw5x5_s2", 1, 40, 15, 13, 5, 5, stride=2, padding=2),
     dw("dw7x7", 2, 16, 14, 15, 7, 7, padding=3),
+    # Wide rows: the sliding-window kernels' unchecked interior blocks (16 pixels) and channel tails.
+    dw("dw5x5_wide", 1, 20, 7, 45, 5, 5, padding=2),
+    dw("dw7x7_s2_wide", 1, 20, 9, 80, 7, 7, stride=2, padding=3),
     dw("dw7x7_s2_d2", 1, 16, 21, 19, 7, 7, stride=2, padding=6, dilation=2),
     dw("dw31x31", 1, 16, 33, 35, 31, 31, padding=15),
     dw("dw3x5_rect", 2, 24, 11, 12, 3, 5, padding=(1, 2)),

@@ -146,7 +146,8 @@ from test_conv2d import other_isa  # noqa: E402,F401  (fixture: the AVX2 and bas
 
 
 @pytest.mark.parametrize("case", [DW_BY_NAME[n].param() for n in ("dw3x3_s2", "dw3x3_odd_channels", "dw7x7",
-                                                                  "dw3x3_big_plane")])
+                                                                  "dw3x3_big_plane", "dw5x5_wide",
+                                                                  "dw7x7_s2_wide")])
 def test_depthwise_other_isa_builds(other_isa, case, gen):  # noqa: F811
     for layout in ("nchw", "channels_last"):
         run_case(case, torch.float32, layout, gen=gen, activation="silu", epilogue=True)

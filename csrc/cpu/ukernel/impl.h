@@ -622,6 +622,36 @@ void dwconv(const DwConvArgs<T>& g) {
 constexpr int kDwRowPix = EFFCONV_VEC_REGS >= 32 ? 8 : 4;
 constexpr int kDwRowVec = EFFCONV_VEC_REGS >= 32 ? 2 : 1;
 
+// Epilogue and store of a dwrow block's QB x NVC accumulators (qv valid pixels when CHECK).
+template <typename T, int QB, int NVC, bool FULL, bool CHECK>
+inline void dwrow_store(const DwRowArgs<T>& g, const vec_t<T> (&acc)[QB][NVC], int64_t q0, int64_t qv, int64_t c0,
+                        int64_t nlast) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  V ssum[NVC], ssq[NVC];
+#pragma GCC unroll 8
+  for (int v = 0; v < NVC; ++v) ssum[v] = ssq[v] = V{};
+#pragma GCC unroll 16
+  for (int j = 0; j < QB; ++j) {
+    if (CHECK && j >= qv) break;
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) {
+      T* dst = g.out + (q0 + j) * g.out_ps + c0 + v * L;
+      const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
+      ssum[v] += z;
+      ssq[v] += z * z;
+      if (!FULL)
+        vstore_n(dst, z, nlast);
+      else if (g.stream)
+        vstream(dst, z);
+      else
+        vstore(dst, z);
+    }
+  }
+  if (g.ep.stat_sum)
+    for (int v = 0; v < NVC; ++v) add_stats(g.ep, c0 + v * L, ssum[v], ssq[v], FULL ? L : nlast);
+}
+
 template <typename T, int QB, int NVC, bool FULL, bool CHECK>
 inline void dwrow_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c0, int64_t nlast) {
   constexpr int L = VecTraits<T>::L;
@@ -656,28 +686,7 @@ inline void dwrow_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c
       }
     }
   }
-  V ssum[NVC], ssq[NVC];
-#pragma GCC unroll 8
-  for (int v = 0; v < NVC; ++v) ssum[v] = ssq[v] = V{};
-#pragma GCC unroll 16
-  for (int j = 0; j < QB; ++j) {
-    if (CHECK && j >= qv) break;
-#pragma GCC unroll 8
-    for (int v = 0; v < NVC; ++v) {
-      T* dst = g.out + (q0 + j) * g.out_ps + c0 + v * L;
-      const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
-      ssum[v] += z;
-      ssq[v] += z * z;
-      if (!FULL)
-        vstore_n(dst, z, nlast);
-      else if (g.stream)
-        vstream(dst, z);
-      else
-        vstore(dst, z);
-    }
-  }
-  if (g.ep.stat_sum)
-    for (int v = 0; v < NVC; ++v) add_stats(g.ep, c0 + v * L, ssum[v], ssq[v], FULL ? L : nlast);
+  dwrow_store<T, QB, NVC, FULL, CHECK>(g, acc, q0, qv, c0, nlast);
 }
 
 // All channels of QB output pixels: consecutive pixels' channels are
@@ -693,8 +702,92 @@ inline void dwrow_pixels(const DwRowArgs<T>& g, int64_t q0, int64_t qv) {
   if (c0 < g.C) dwrow_block<T, QB, 1, false, CHECK>(g, q0, qv, c0, g.C - c0);
 }
 
+// Sliding-window block for a kernel width S and stride ST known at compile
+// time (dilation 1), one channel vector wide: each input pixel of a kernel
+// row is loaded once and feeds every output of the block whose window
+// covers it (up to S multiply-adds), where dwrow_block loads one input
+// vector per multiply-add. The kernel row's S weight vectors stay in
+// registers: QB accumulators + S weights + 1 input.
+template <int S>
+constexpr int dwslide_qb() {
+  return EFFCONV_VEC_REGS >= 32 ? 16 : (S <= 3 ? 10 : S <= 5 ? 8 : 6);
+}
+
+template <typename T, int S, int ST, bool FULL, bool CHECK>
+inline void dwslide_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c0, int64_t nlast) {
+  using V = vec_t<T>;
+  constexpr int QB = dwslide_qb<S>();
+  constexpr int SPAN = (QB - 1) * ST + S;
+  V acc[QB][1];
+#pragma GCC unroll 16
+  for (int j = 0; j < QB; ++j) acc[j][0] = V{};
+  const int64_t iw0 = q0 * ST - g.pad;
+  const int64_t span = CHECK ? (qv - 1) * ST + S : SPAN;  // input columns the valid outputs read
+  for (int64_t r = 0; r < g.R; ++r) {
+    if (!g.rows[r]) continue;
+    const T* row = g.rows[r] + c0;
+    const T* wr = g.w + r * S * g.cpad + c0;
+    V wv[S];
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) wv[s] = vload(wr + s * g.cpad);
+#pragma GCC unroll 64
+    for (int x = 0; x < SPAN; ++x) {
+      const int64_t iw = iw0 + x;
+      if (CHECK && (x >= span || iw < 0 || iw >= g.W)) continue;
+      const T* src = row + iw * g.C;
+      const V in = FULL ? vload(src) : vload_n(src, nlast);
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s) {
+        const int d = x - s;  // = j * ST for the output j that tap s of this column serves
+        if (d < 0 || d % ST != 0 || d / ST >= QB) continue;
+        acc[d / ST][0] += in * wv[s];
+      }
+    }
+  }
+  dwrow_store<T, QB, 1, FULL, CHECK>(g, acc, q0, qv, c0, nlast);
+}
+
+// Channel vectors outside, pixel blocks inside: one vector's columns of the
+// R input rows stay in L1 while the window slides along the row.
+template <typename T, int S, int ST, bool FULL>
+inline void dwslide_vector(const DwRowArgs<T>& g, int64_t c0, int64_t nlast) {
+  constexpr int QB = dwslide_qb<S>();
+  // Kernel rows from fresh_from on were not read by the previous output row:
+  // fetch their next channel vector from memory while this one computes.
+  if (c0 + VecTraits<T>::L < g.C)
+    for (int64_t r = g.fresh_from; r < g.R; ++r) {
+      if (!g.rows[r]) continue;
+      const T* p = g.rows[r] + c0 + VecTraits<T>::L;
+      for (int64_t iw = 0; iw < g.W; ++iw) __builtin_prefetch(p + iw * g.C);
+    }
+  for (int64_t q = 0; q < g.Q; q += QB) {
+    if (q >= g.q_lo && q + QB <= g.q_hi)
+      dwslide_block<T, S, ST, FULL, false>(g, q, QB, c0, nlast);
+    else
+      dwslide_block<T, S, ST, FULL, true>(g, q, g.Q - q < QB ? g.Q - q : QB, c0, nlast);
+  }
+}
+
+template <typename T, int S, int ST>
+void dwslide_row(const DwRowArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  const int64_t full_end = g.C / L * L;
+  int64_t c0 = 0;
+  for (; c0 < full_end; c0 += L) dwslide_vector<T, S, ST, true>(g, c0, L);
+  if (c0 < g.C) dwslide_vector<T, S, ST, false>(g, c0, g.C - c0);
+}
+
 template <typename T>
 void dwrow(const DwRowArgs<T>& g) {
+  if (g.dil == 1 && (g.stride == 1 || g.stride == 2)) {
+    const bool s1 = g.stride == 1;
+    switch (g.S) {
+      case 3: return s1 ? dwslide_row<T, 3, 1>(g) : dwslide_row<T, 3, 2>(g);
+      case 5: return s1 ? dwslide_row<T, 5, 1>(g) : dwslide_row<T, 5, 2>(g);
+      case 7: return s1 ? dwslide_row<T, 7, 1>(g) : dwslide_row<T, 7, 2>(g);
+      default: break;
+    }
+  }
   constexpr int QB = kDwRowPix;
   // Kernel rows from fresh_from on were not read by the previous output row
   // (the others sit in L2): prefetch them two blocks ahead.
