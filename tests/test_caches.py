@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
 import effconv
+from effconv.ops._conv_family import FAMILIES
 from helpers import assert_close
 
 
@@ -78,3 +81,30 @@ def test_inference_mode_hits_follow_the_version_counter():
         conv(x, w)
         w.add_(1.0)  # in-place update of a normal tensor bumps its version in inference mode too
         assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144)
+
+
+def test_call_plans_keep_checks_and_routing_per_call(monkeypatch):
+    """Ops reuse a call's checks, layout and backend for calls with the same
+    metadata; anything else is checked and routed afresh, and explain() sees
+    every choice."""
+    fam = FAMILIES["conv2d"]
+    ran = []
+    for name in ("cpu", "torch"):
+        run = fam.runners["forward"][name]
+        monkeypatch.setitem(fam.runners["forward"], name, lambda *a, _n=name, _r=run: (ran.append(_n), _r(*a))[1])
+    x = torch.randn(1, 8, 6, 5)  # a shape no other test uses: no plan exists yet
+    w = torch.randn(4, 8, 3, 3)
+    with torch.no_grad():
+        ref = F.conv2d(x.double(), w.double(), None, 1, 1)
+        for _ in range(2):
+            assert_close(conv(x, w), ref, 72)
+        with effconv.use_backend("torch"):
+            assert_close(conv(x, w), ref, 72)
+        assert_close(conv(x, w), ref, 72)
+        assert ran == ["cpu", "cpu", "torch", "cpu"]
+        with pytest.raises(RuntimeError, match="expected input"):
+            conv(torch.randn(1, 7, 6, 5), w)
+        y = conv(x.contiguous(memory_format=torch.channels_last), w)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_close(y, ref, 72)
+        assert [r["backend"] for r in effconv.explain(conv, x, w)] == ["cpu"]

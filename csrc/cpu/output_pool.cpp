@@ -6,9 +6,11 @@
 // reference machine ~0.3 ms per MiB, 25 ms for one 77 MiB MobileNetV2
 // activation at batch 16, as long as the convolution that writes it.
 // effconv's CPU kernels take their large outputs from this pool instead:
-// freed buffers go back to a size-class free list (2 MiB classes, backed by
-// transparent huge pages where the kernel allows) and the next output of
-// that class reuses the already-mapped pages. The pool holds at most
+// freed buffers go back to a size-class free list (2 MiB classes backed by
+// transparent huge pages where the kernel allows; 64 KiB classes below
+// 2 MiB, where glibc's moving mmap threshold and heap trimming fault the
+// pages of batch-1 activations in again on most calls) and the next output
+// of that class reuses the already-mapped pages. The pool holds at most
 // EFFCONV_CPU_CACHE_MB (default 2048) of idle buffers; effconv.empty_cache()
 // releases them.
 #include <ATen/ATen.h>
@@ -26,7 +28,13 @@ namespace effconv {
 namespace cpu {
 namespace {
 
-constexpr size_t kClass = size_t(2) << 20;  // 2 MiB: the huge page size
+constexpr size_t kClass = size_t(2) << 20;        // 2 MiB: the huge page size
+constexpr size_t kSmallClass = size_t(64) << 10;  // the pool's smallest buffers
+
+size_t class_bytes(size_t need) {
+  const size_t c = need >= kClass ? kClass : kSmallClass;
+  return (need + c - 1) / c * c;
+}
 
 struct Pool {
   std::mutex mu;
@@ -53,7 +61,7 @@ struct Pool {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     TORCH_CHECK(p != MAP_FAILED, "effconv: could not allocate ", bytes, " bytes for an output");
 #ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE);  // fewer, cheaper first-touch faults
+    if (bytes >= kClass) madvise(p, bytes, MADV_HUGEPAGE);  // fewer, cheaper first-touch faults
 #endif
     return p;
   }
@@ -105,10 +113,10 @@ at::Tensor empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype, bool channe
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t need = size_t(numel) * at::elementSize(dtype);
-  if (need < kClass)
+  if (need < kSmallClass)
     return at::empty(sizes, at::TensorOptions().dtype(dtype),
                      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  const size_t bytes = (need + kClass - 1) / kClass * kClass;
+  const size_t bytes = class_bytes(need);
   auto* block = new Block{pool().take(bytes), bytes};
   at::DataPtr data(block->ptr, block, &give_back, at::Device(at::kCPU));
   at::Storage storage(at::Storage::use_byte_size_t(), bytes, std::move(data), /*allocator=*/nullptr,

@@ -10,6 +10,8 @@ from typing import Iterator, Sequence
 import torch
 from torch._prims_common import suggest_memory_format
 
+from effconv import backends
+
 # One Library object per namespace; every op file defines its schemas on it.
 LIB = torch.library.Library("effconv", "DEF")
 
@@ -39,29 +41,63 @@ def empty(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_for
     return torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
 
 
-_POOL_MIN_BYTES = 2 << 20
+_POOL_MIN_BYTES = 64 << 10  # output_pool.cpp's smallest class
 
 
-def new_output(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_format, dtype=None) -> torch.Tensor:
+def pooled(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_format, dtype=None) -> bool:
+    """Whether new_output takes this output from effconv's buffer cache."""
+    if like.device.type != "cpu" or len(size) not in (1, 2, 3, 4) or torch.compiler.is_compiling():
+        return False
+    numel = 1
+    for s in size:
+        numel *= int(s)
+    if numel * (dtype or like.dtype).itemsize < _POOL_MIN_BYTES:
+        return False
+    if memory_format == torch.channels_last and len(size) != 4:
+        return False
+    from effconv import _ext
+
+    return _ext.available()
+
+
+def new_output(size: Sequence, like: torch.Tensor, memory_format=torch.contiguous_format, dtype=None,
+               pool: bool | None = None) -> torch.Tensor:
     """A kernel output. Large CPU outputs come from effconv's buffer cache
     (csrc/cpu/output_pool.cpp: reused pages instead of a page fault per
-    element on every call)."""
-    out = None
-    if like.device.type == "cpu" and len(size) in (1, 2, 3, 4) and not torch.compiler.is_compiling():
-        dt = dtype or like.dtype
-        numel = 1
-        for s in size:
-            numel *= int(s)
-        if numel * dt.itemsize >= _POOL_MIN_BYTES and (memory_format != torch.channels_last or len(size) == 4):
-            from effconv import _ext
+    element on every call). `pool`: pooled()'s answer, when the caller kept it."""
+    if pool is None:
+        pool = pooled(size, like, memory_format, dtype)
+    if pool:
+        from effconv import _ext
 
-            if _ext.available():
-                out = _ext.C().empty_pooled_cpu(list(size), dt, memory_format == torch.channels_last)
-    if out is None:
+        out = _ext.C().empty_pooled_cpu(list(size), dtype or like.dtype, memory_format == torch.channels_last)
+    else:
         out = empty(size, like, memory_format, dtype)
     if _poison and out.is_floating_point():
         out.fill_(float("nan"))
     return out
+
+
+def call_key(tensors, args) -> tuple:
+    """Everything an op's checks and routing read from a call: each tensor's
+    size, strides, dtype and device (None stays None), the other arguments
+    (lists made hashable) and the backend request in force."""
+    key = [backends.requested_backend(), backends.triton_interpreting()]
+    for t in tensors:
+        key.append(None if t is None else (t.shape, t.stride(), t.dtype, t.device))
+    for a in args:
+        key.append(tuple(a) if isinstance(a, list) else a)
+    return tuple(key)
+
+
+_PLANS_MAX = 4096
+
+
+def remember(plans: dict, key, plan) -> None:
+    """Stores a plan, forgetting all of them once there are too many (shape-polymorphic callers)."""
+    if len(plans) >= _PLANS_MAX:
+        plans.clear()
+    plans[key] = plan
 
 
 def _suggests_channels_last(t: torch.Tensor) -> bool:

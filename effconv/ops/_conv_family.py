@@ -124,6 +124,7 @@ class ConvFamily:
             self.runners[kind].setdefault("torch", fn)
         self.ops = {"forward": self.name, "grad_input": f"{self.name}_grad_input",
                     "grad_weight": f"{self.name}_grad_weight"}
+        self._plans = {}  # call_key -> (output size, layout, pooled?, runner, activation code)
         self._register()
         FAMILIES[self.name] = self
 
@@ -179,11 +180,27 @@ class ConvFamily:
                                lambda: self.describe(weight_size, stride, padding, dilation, groups))
 
     def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
-        p, q = self.check_forward(input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)
-        out = c.new_output((input.shape[0], weight.shape[0], p, q), input, c.conv_memory_format(input, weight))
-        backend = self._route("forward", input, weight.shape, stride, padding, dilation, groups)
-        self.runners["forward"][backend](input, weight, bias, scale, shift, stride, padding, dilation, groups,
-                                         c.ACTIVATIONS[activation], out)
+        # The checks, the output layout and the backend are functions of the
+        # call's metadata alone: a call whose metadata was seen before reuses
+        # them (a batch-1 network makes ~50 such calls per image, and the
+        # checks cost more than a small layer's kernel). explain() recording
+        # always takes the full path, so every choice is reported.
+        key = None if backends.recording_active() else c.call_key(
+            (input, weight, bias, scale, shift), (stride, padding, dilation, groups, activation))
+        plan = self._plans.get(key) if key is not None else None
+        if plan is None:
+            p, q = self.check_forward(input, weight, bias, stride, padding, dilation, groups, scale, shift,
+                                      activation)
+            backend = self._route("forward", input, weight.shape, stride, padding, dilation, groups)
+            size = (input.shape[0], weight.shape[0], p, q)
+            memory_format = c.conv_memory_format(input, weight)
+            plan = (size, memory_format, c.pooled(size, input, memory_format), self.runners["forward"][backend],
+                    c.ACTIVATIONS[activation])
+            if key is not None:
+                c.remember(self._plans, key, plan)
+        size, memory_format, pool, run, act = plan
+        out = c.new_output(size, input, memory_format, pool=pool)
+        run(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out)
         return out
 
     def forward_fake(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
