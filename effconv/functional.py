@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import effconv.ops  # noqa: F401  (registers torch.ops.effconv.*)
+from effconv import backends as _backends
+from effconv.ops import _common
 from effconv.ops import conv2d as _conv2d_op
 from effconv.ops import deform_conv2d as _deform_op
 from effconv.ops import depthwise_conv2d as _depthwise_op
@@ -136,6 +138,53 @@ def conv2d(
     else:
         out = torch.ops.effconv.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, act)
     return out.squeeze(0) if unbatched else out
+
+
+def conv2d_cat(
+    input: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    stride: IntPair = 1,
+    paddings: Sequence[IntPair] = (),
+    dilation: IntPair = 1,
+    *,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """``torch.cat([conv2d(input, w, b, stride, p, dilation, activation=activation)
+    for w, b, p in zip(weights, biases, paddings)], dim=1)``: parallel
+    convolutions of one input concatenated along channels (SqueezeNet's Fire
+    expand, Inception branches). ``paddings`` defaults to 0 for every conv.
+
+    In inference on the CPU backend each conv writes its own channel range
+    of one output tensor, so the concatenation costs nothing; otherwise
+    (autograd, torch.compile, other backends) it is the cat of the convs.
+    """
+    n = len(weights)
+    biases = list(biases) if biases is not None else [None] * n
+    paddings = list(paddings) if len(paddings) else [0] * n
+    if n == 0 or len(biases) != n or len(paddings) != n:
+        raise ValueError(f"conv2d_cat: expected as many biases and paddings as weights ({n}), "
+                         f"got {len(biases)} and {len(paddings)}")
+    act = activation or "none"
+    direct = (input.dim() == 4 and input.device.type == "cpu" and _backends.requested_backend() in ("auto", "cpu")
+              and _direct_call_ok(input, *weights, *biases))
+    if not direct or any(conv2d_route(input.shape[1], w.shape, 1) != "conv2d" for w in weights):
+        return torch.cat([conv2d(input, w, b, stride, p, dilation, activation=activation)
+                          for w, b, p in zip(weights, biases, paddings)], 1)
+    stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
+    padding_ = [_pair("padding", p) for p in paddings]
+    sizes = [_conv2d_op.FAMILY.check_forward(input, w, b, stride_, p, dilation_, 1, None, None, act)
+             for w, b, p in zip(weights, biases, padding_)]
+    if len(set(sizes)) != 1:
+        raise RuntimeError(f"conv2d_cat: expected every conv to give the same output size, got {sizes}")
+    (p, q), channels = sizes[0], [w.shape[0] for w in weights]
+    memory_format = _common.conv_memory_format(input, weights[0])
+    out = _common.new_output((input.shape[0], sum(channels), p, q), input, memory_format)
+    k0 = 0
+    for w, b, pad, k in zip(weights, biases, padding_, channels):
+        _conv2d_op.FAMILY.forward(input, w, b, stride_, pad, dilation_, 1, None, None, act, out=out[:, k0:k0 + k])
+        k0 += k
+    return out
 
 
 def _depthwise(input, weight, bias, stride, padding, dilation, scale, shift, act):

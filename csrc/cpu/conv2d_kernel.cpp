@@ -265,12 +265,14 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
   // A 1x1, stride-1, unpadded conv into a channels_last output is a plain
-  // GEMM over [N*H*W, C]: rows are affine, so no indirection is built.
+  // GEMM over [N*H*W, C]: rows are affine, so no indirection is built. The
+  // output rows may be wider than K (a channel range of a concatenation).
+  const int64_t ldc = ostride[3];
   const bool dense = RS == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
-                     ok == 1 && ostride[3] == s.K && ostride[2] == s.Q * s.K && ostride[0] == s.P * s.Q * s.K;
+                     ok == 1 && ldc >= s.K && ostride[2] == s.Q * ldc && ostride[0] == s.P * s.Q * ldc;
   IGemmArgs<T> args;
   // Stream outputs much larger than L2 when every row start is 64-byte aligned.
-  args.stream = dense && out.numel() * int64_t(sizeof(T)) > (8 << 20) && (s.K * int64_t(sizeof(T))) % 64 == 0 &&
+  args.stream = dense && out.numel() * int64_t(sizeof(T)) > (8 << 20) && (ldc * int64_t(sizeof(T))) % 64 == 0 &&
                 reinterpret_cast<uintptr_t>(op) % 64 == 0 && (nr * int64_t(sizeof(T))) % 64 == 0;
   args.ntaps = RS;
   args.kc = Cg;
@@ -296,8 +298,8 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
         if (dense) {
           part.a_dense = xp + tile * mc * s.C;
           part.lda = s.C;
-          part.c_dense = op + tile * mc * s.K;
-          part.ldc = s.K;
+          part.c_dense = op + tile * mc * ldc;
+          part.ldc = ldc;
         } else {
           part.a = a;
           part.c = c;

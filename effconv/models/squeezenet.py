@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effconv import functional
 from effconv.nn.conv import Conv2d
 
 
@@ -20,7 +21,10 @@ class Fire(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.squeeze(x)
-        return torch.cat([self.expand1x1(x), self.expand3x3(x)], 1)
+        e1, e3 = self.expand1x1, self.expand3x3
+        # One output for both branches: in inference each conv writes its half.
+        return functional.conv2d_cat(x, [e1.weight, e3.weight], [e1.bias, e3.bias], 1, [e1.padding, e3.padding],
+                                     activation=e1.activation)
 
 
 class SqueezeNet(nn.Module):

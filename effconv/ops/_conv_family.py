@@ -179,7 +179,9 @@ class ConvFamily:
         return backends.choose(table, t.device, t.dtype,
                                lambda: self.describe(weight_size, stride, padding, dilation, groups))
 
-    def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
+    def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation, out=None):
+        """The op's implementation; `out` (functionals only, CPU backend): a
+        strided view of the result's size to write into instead of a new tensor."""
         # The checks, the output layout and the backend are functions of the
         # call's metadata alone: a call whose metadata was seen before reuses
         # them (a batch-1 network makes ~50 such calls per image, and the
@@ -199,7 +201,11 @@ class ConvFamily:
             if key is not None:
                 c.remember(self._plans, key, plan)
         size, memory_format, pool, run, act = plan
-        out = c.new_output(size, input, memory_format, pool=pool)
+        if out is None:
+            out = c.new_output(size, input, memory_format, pool=pool)
+        elif tuple(out.shape) != size or out.dtype != input.dtype or out.device != input.device:
+            raise RuntimeError(f"effconv.{self.name}: expected out of size {list(size)}, dtype {input.dtype} on "
+                               f"{input.device}, got {c.fmt_size(out)}, {out.dtype} on {out.device}")
         run(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out)
         return out
 
