@@ -172,18 +172,22 @@ def conv2d_cat(
         return torch.cat([conv2d(input, w, b, stride, p, dilation, activation=activation)
                           for w, b, p in zip(weights, biases, paddings)], 1)
     stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
-    padding_ = [_pair("padding", p) for p in paddings]
-    sizes = [_conv2d_op.FAMILY.check_forward(input, w, b, stride_, p, dilation_, 1, None, None, act)
-             for w, b, p in zip(weights, biases, padding_)]
-    if len(set(sizes)) != 1:
-        raise RuntimeError(f"conv2d_cat: expected every conv to give the same output size, got {sizes}")
-    (p, q), channels = sizes[0], [w.shape[0] for w in weights]
-    memory_format = _common.conv_memory_format(input, weights[0])
-    out = _common.new_output((input.shape[0], sum(channels), p, q), input, memory_format)
+    fam = _conv2d_op.FAMILY
+    plans = [fam.plan(input, w, b, stride_, _pair("padding", p), dilation_, 1, None, None, act)
+             for w, b, p in zip(weights, biases, paddings)]
+    sizes = [pl[0] for pl in plans]
+    if any(size[2:] != sizes[0][2:] for size in sizes):
+        raise RuntimeError(f"conv2d_cat: expected every conv to give the same output size, got "
+                           f"{[list(size[2:]) for size in sizes]}")
+    size = (sizes[0][0], sum(size[1] for size in sizes), *sizes[0][2:])
+    memory_format = plans[0][1]
+    out = _common.new_output(size, input, memory_format)
     k0 = 0
-    for w, b, pad, k in zip(weights, biases, padding_, channels):
-        _conv2d_op.FAMILY.forward(input, w, b, stride_, pad, dilation_, 1, None, None, act, out=out[:, k0:k0 + k])
-        k0 += k
+    # Each conv's runner writes its channel range of `out` (a strided view).
+    for (size_i, _, _, run, code), w, b, p in zip(plans, weights, biases, paddings):
+        run(input, w, b, None, None, stride_, _pair("padding", p), dilation_, 1, code,
+            out.narrow(1, k0, size_i[1]))
+        k0 += size_i[1]
     return out
 
 

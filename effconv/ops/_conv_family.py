@@ -179,14 +179,14 @@ class ConvFamily:
         return backends.choose(table, t.device, t.dtype,
                                lambda: self.describe(weight_size, stride, padding, dilation, groups))
 
-    def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation, out=None):
-        """The op's implementation; `out` (functionals only, CPU backend): a
-        strided view of the result's size to write into instead of a new tensor."""
-        # The checks, the output layout and the backend are functions of the
-        # call's metadata alone: a call whose metadata was seen before reuses
-        # them (a batch-1 network makes ~50 such calls per image, and the
-        # checks cost more than a small layer's kernel). explain() recording
-        # always takes the full path, so every choice is reported.
+    def plan(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
+        """(output size, layout, pooled?, runner, activation code) of a forward
+        call, after its checks and routing. The checks, the output layout and
+        the backend are functions of the call's metadata alone: a call whose
+        metadata was seen before reuses them (a batch-1 network makes ~50
+        such calls per image, and the checks cost more than a small layer's
+        kernel). explain() recording always takes the full path, so every
+        choice is reported."""
         key = None if backends.recording_active() else c.call_key(
             (input, weight, bias, scale, shift), (stride, padding, dilation, groups, activation))
         plan = self._plans.get(key) if key is not None else None
@@ -200,12 +200,12 @@ class ConvFamily:
                     c.ACTIVATIONS[activation])
             if key is not None:
                 c.remember(self._plans, key, plan)
-        size, memory_format, pool, run, act = plan
-        if out is None:
-            out = c.new_output(size, input, memory_format, pool=pool)
-        elif tuple(out.shape) != size or out.dtype != input.dtype or out.device != input.device:
-            raise RuntimeError(f"effconv.{self.name}: expected out of size {list(size)}, dtype {input.dtype} on "
-                               f"{input.device}, got {c.fmt_size(out)}, {out.dtype} on {out.device}")
+        return plan
+
+    def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
+        size, memory_format, pool, run, act = self.plan(input, weight, bias, stride, padding, dilation, groups,
+                                                        scale, shift, activation)
+        out = c.new_output(size, input, memory_format, pool=pool)
         run(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out)
         return out
 
