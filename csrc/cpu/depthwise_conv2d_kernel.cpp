@@ -257,11 +257,16 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dSha
   std::vector<T> parts(nparts * RS * cpad, T(0)), bparts(nparts * cpad, T(0));
   const T* xp = x.data_ptr<T>();
   const T* dyp = dy.data_ptr<T>();
+  // Output rows per kernel call: their input and gradient rows (~256 KB) stay
+  // in L2 while the kernel walks them once per channel vector.
+  const int64_t row_bytes = (s.stride_h * s.W + s.Q) * C * int64_t(sizeof(T));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
   at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> in_rows(s.R);
+    std::vector<const T*> in_rows(chunk * s.R), dy_rows(chunk);
     for (int64_t part = begin; part < end; ++part) {
-      DwWGradRowArgs<T> args;
+      DwWGradArgs<T> args;
       args.rows = in_rows.data();
+      args.dy = dy_rows.data();
       args.R = s.R;
       args.S = s.S;
       args.W = s.W;
@@ -273,14 +278,18 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dSha
       args.cpad = cpad;
       args.dw = parts.data() + part * RS * cpad;
       args.db = db ? bparts.data() + part * cpad : nullptr;
-      for (int64_t np = part * rows / nparts; np < (part + 1) * rows / nparts; ++np) {
-        const int64_t n = np / s.P, p = np % s.P;
-        for (int64_t kr = 0; kr < s.R; ++kr) {
-          const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-          in_rows[kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * C : nullptr;
+      const int64_t first = part * rows / nparts, last = (part + 1) * rows / nparts;
+      for (int64_t np0 = first; np0 < last; np0 += chunk) {
+        args.nrows = std::min(chunk, last - np0);
+        for (int64_t i = 0; i < args.nrows; ++i) {
+          const int64_t n = (np0 + i) / s.P, p = (np0 + i) % s.P;
+          for (int64_t kr = 0; kr < s.R; ++kr) {
+            const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+            in_rows[i * s.R + kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * C : nullptr;
+          }
+          dy_rows[i] = dyp + (n * s.P + p) * s.Q * C;
         }
-        args.dy = dyp + (n * s.P + p) * s.Q * C;
-        isa.dwwgradrow(args);
+        isa.dwwgrad(args);
       }
     }
   });

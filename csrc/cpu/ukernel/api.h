@@ -174,14 +174,18 @@ struct DwRowArgs {
   EpilogueArgs<T> ep;    // padded to cpad
 };
 
-// Depthwise weight gradient of one channels_last output row (multiplier 1):
-//   dw[r][s][c] += sum_q dy[q][c] * row_r[q * stride - pad + s * dil][c];  db[c] += sum_q dy[q][c]
-// rows[r] as in DwRowArgs (null: padding row). Each tap's valid q range is
-// computed once, so the pixel loop has no checks.
+// Depthwise weight gradient over a chunk of channels_last output rows
+// (multiplier 1), for output row i of the chunk:
+//   dw[r][s][c] += sum_q dy_i[q][c] * row_{i,r}[q * stride - pad + s * dil][c];  db[c] += sum_q dy_i[q][c]
+// rows[i * R + r] is the input row kernel row r of output row i reads
+// (pixel 0, channel 0), or null when that row is padding; dy[i] is output
+// row i's gradient (pixel q, channel c at dy[i][q * C + c]). A chunk's rows
+// are reused from L2 for every channel vector.
 template <typename T>
-struct DwWGradRowArgs {
+struct DwWGradArgs {
   const T* const* rows = nullptr;
-  const T* dy = nullptr;  // output-gradient row, pixel q channel c at dy[q * C + c]
+  const T* const* dy = nullptr;
+  int64_t nrows = 0;
   int64_t R = 0, S = 0, W = 0, Q = 0, C = 0;
   int64_t stride = 1, pad = 0, dil = 1;
   int64_t cpad = 0;
@@ -323,8 +327,8 @@ struct IsaKernels {
   void (*dwplane_f64)(const DwPlaneRowArgs<double>&);
   void (*dwrow_f32)(const DwRowArgs<float>&);
   void (*dwrow_f64)(const DwRowArgs<double>&);
-  void (*dwwgradrow_f32)(const DwWGradRowArgs<float>&);
-  void (*dwwgradrow_f64)(const DwWGradRowArgs<double>&);
+  void (*dwwgrad_f32)(const DwWGradArgs<float>&);
+  void (*dwwgrad_f64)(const DwWGradArgs<double>&);
   void (*bnact_reduce_f32)(const BnActArgs<float>&);
   void (*bnact_reduce_f64)(const BnActArgs<double>&);
   void (*bnact_apply_f32)(const BnActArgs<float>&);
@@ -353,8 +357,8 @@ struct IsaKernels {
   void dwplane(const DwPlaneRowArgs<double>& a) const { dwplane_f64(a); }
   void dwrow(const DwRowArgs<float>& a) const { dwrow_f32(a); }
   void dwrow(const DwRowArgs<double>& a) const { dwrow_f64(a); }
-  void dwwgradrow(const DwWGradRowArgs<float>& a) const { dwwgradrow_f32(a); }
-  void dwwgradrow(const DwWGradRowArgs<double>& a) const { dwwgradrow_f64(a); }
+  void dwwgrad(const DwWGradArgs<float>& a) const { dwwgrad_f32(a); }
+  void dwwgrad(const DwWGradArgs<double>& a) const { dwwgrad_f64(a); }
   void bnact_reduce(const BnActArgs<float>& a) const { bnact_reduce_f32(a); }
   void bnact_reduce(const BnActArgs<double>& a) const { bnact_reduce_f64(a); }
   void bnact_apply(const BnActArgs<float>& a) const { bnact_apply_f32(a); }

@@ -807,59 +807,144 @@ void dwrow(const DwRowArgs<T>& g) {
   }
 }
 
-// Direct depthwise weight gradient of one output row (see DwWGradRowArgs):
-// per channel chunk and tap, one register accumulator per vector over the
-// tap's valid pixels.
-template <typename T, int NVC, bool FULL>
-inline void dwwgradrow_chunk(const DwWGradRowArgs<T>& g, int64_t c0, int64_t nlast) {
-  constexpr int L = VecTraits<T>::L;
+// Depthwise weight gradient (see DwWGradArgs), one channel vector at a time.
+// For a kernel width S known at compile time, RG kernel rows x S taps of
+// accumulators stay in registers over every row of the chunk: each output
+// gradient vector is loaded once per pixel for RG * S multiply-adds, and
+// dw is updated once per chunk. Pixels where some tap falls outside the
+// input row (the row's ends) run per tap afterwards.
+template <int S>
+constexpr int dwwgrad_rg() {
+  constexpr int budget = EFFCONV_VEC_REGS >= 32 ? 24 : 12;  // accumulator registers
+  return budget / S < 1 ? 1 : (budget / S > 4 ? 4 : budget / S);
+}
+
+// Output pixels q whose tap at input offset `off` (= s * dil - pad) lies in the row.
+inline void dw_tap_range(int64_t off, int64_t stride, int64_t W, int64_t Q, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = W - 1 - off < 0 ? 0 : (W - 1 - off) / stride + 1;
+  if (hi > Q) hi = Q;
+  if (lo > hi) lo = hi;
+}
+
+template <typename T, int S, bool FULL>
+void dwwgrad_vector(const DwWGradArgs<T>& g, int64_t c0, int64_t nlast) {
   using V = vec_t<T>;
+  constexpr int RG = dwwgrad_rg<S>();
   auto load = [&](const T* p) { return FULL ? vload(p) : vload_n(p, nlast); };
-  for (int64_t s = 0; s < g.S; ++s) {
-    // q with 0 <= q * stride - pad + s * dil < W
-    const int64_t off = s * g.dil - g.pad;
-    int64_t q_lo = off >= 0 ? 0 : (-off + g.stride - 1) / g.stride;
-    int64_t q_hi = (g.W - 1 - off) < 0 ? 0 : (g.W - 1 - off) / g.stride + 1;
-    if (q_hi > g.Q) q_hi = g.Q;
-    if (q_lo >= q_hi) continue;
-    for (int64_t r = 0; r < g.R; ++r) {
-      if (!g.rows[r]) continue;
-      const T* xs = g.rows[r] + off * g.C + c0;
-      V acc[NVC];
+  const int64_t C = g.C, xs = g.stride * C, ds = g.dil * C;
+  int64_t qlo[S], qhi[S], lo = 0, hi = g.Q;
+  for (int s = 0; s < S; ++s) {
+    dw_tap_range(s * g.dil - g.pad, g.stride, g.W, g.Q, qlo[s], qhi[s]);
+    lo = qlo[s] > lo ? qlo[s] : lo;
+    hi = qhi[s] < hi ? qhi[s] : hi;
+  }
+  if (hi < lo) hi = lo;  // no pixel has every tap inside: all run per tap
+  for (int64_t r0 = 0; r0 < g.R; r0 += RG) {
+    V acc[RG][S];
+#pragma GCC unroll 4
+    for (int j = 0; j < RG; ++j)
 #pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) acc[v] = V{};
-      for (int64_t q = q_lo; q < q_hi; ++q) {
-        const T* d = g.dy + q * g.C + c0;
-        const T* x = xs + q * g.stride * g.C;
-#pragma GCC unroll 8
-        for (int v = 0; v < NVC; ++v) acc[v] += load(d + v * L) * load(x + v * L);
+      for (int s = 0; s < S; ++s) acc[j][s] = V{};
+    for (int64_t i = 0; i < g.nrows; ++i) {
+      const T* d = g.dy[i] + c0;
+      const T* xr[RG];
+#pragma GCC unroll 4
+      for (int j = 0; j < RG; ++j) {
+        const T* row = r0 + j < g.R ? g.rows[i * g.R + r0 + j] : nullptr;
+        xr[j] = row ? row + c0 - g.pad * C : nullptr;  // + q * xs + s * ds: tap s of pixel q
       }
-      T* o = g.dw + (r * g.S + s) * g.cpad + c0;
+      for (int64_t q = lo; q < hi; ++q) {
+        const V dv = load(d + q * C);
+#pragma GCC unroll 4
+        for (int j = 0; j < RG; ++j) {
+          if (!xr[j]) continue;
+          const T* x = xr[j] + q * xs;
 #pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) vstore(o + v * L, vload(o + v * L) + acc[v]);
+          for (int s = 0; s < S; ++s) acc[j][s] += dv * load(x + s * ds);
+        }
+      }
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s) {
+        // The tap's pixels outside [lo, hi): [qlo, lo) and [hi, qhi), clipped.
+        const int64_t ends[2][2] = {{qlo[s], lo < qhi[s] ? lo : qhi[s]}, {hi > qlo[s] ? hi : qlo[s], qhi[s]}};
+        for (const auto& e : ends)
+          for (int64_t q = e[0]; q < e[1]; ++q) {
+            const V dv = load(d + q * C);
+#pragma GCC unroll 4
+            for (int j = 0; j < RG; ++j)
+              if (xr[j]) acc[j][s] += dv * load(xr[j] + q * xs + s * ds);
+          }
+      }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < RG; ++j) {
+      if (r0 + j >= g.R) break;
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s) {
+        T* o = g.dw + ((r0 + j) * S + s) * g.cpad + c0;
+        vstore(o, vload(o) + acc[j][s]);
+      }
     }
   }
   if (g.db) {
-    V acc[NVC];
-#pragma GCC unroll 8
-    for (int v = 0; v < NVC; ++v) acc[v] = V{};
-    for (int64_t q = 0; q < g.Q; ++q)
-#pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) acc[v] += load(g.dy + q * g.C + c0 + v * L);
-#pragma GCC unroll 8
-    for (int v = 0; v < NVC; ++v) vstore(g.db + c0 + v * L, vload(g.db + c0 + v * L) + acc[v]);
+    V acc{};
+    for (int64_t i = 0; i < g.nrows; ++i)
+      for (int64_t q = 0; q < g.Q; ++q) acc += load(g.dy[i] + q * C + c0);
+    vstore(g.db + c0, vload(g.db + c0) + acc);
+  }
+}
+
+// Any kernel width: per row, tap and vector, one accumulator over the tap's pixels.
+template <typename T, bool FULL>
+void dwwgrad_vector_any(const DwWGradArgs<T>& g, int64_t c0, int64_t nlast) {
+  using V = vec_t<T>;
+  auto load = [&](const T* p) { return FULL ? vload(p) : vload_n(p, nlast); };
+  for (int64_t i = 0; i < g.nrows; ++i) {
+    const T* d = g.dy[i] + c0;
+    for (int64_t s = 0; s < g.S; ++s) {
+      int64_t lo, hi;
+      const int64_t off = s * g.dil - g.pad;
+      dw_tap_range(off, g.stride, g.W, g.Q, lo, hi);
+      for (int64_t r = 0; r < g.R; ++r) {
+        const T* row = g.rows[i * g.R + r];
+        if (!row || lo >= hi) continue;
+        const T* xs = row + off * g.C + c0;
+        V acc{};
+        for (int64_t q = lo; q < hi; ++q) acc += load(d + q * g.C) * load(xs + q * g.stride * g.C);
+        T* o = g.dw + (r * g.S + s) * g.cpad + c0;
+        vstore(o, vload(o) + acc);
+      }
+    }
+    if (g.db) {
+      V acc{};
+      for (int64_t q = 0; q < g.Q; ++q) acc += load(d + q * g.C);
+      vstore(g.db + c0, vload(g.db + c0) + acc);
+    }
+  }
+}
+
+template <typename T, bool FULL>
+void dwwgrad_dispatch(const DwWGradArgs<T>& g, int64_t c0, int64_t nlast) {
+  switch (g.S) {
+    case 1: return dwwgrad_vector<T, 1, FULL>(g, c0, nlast);
+    case 2: return dwwgrad_vector<T, 2, FULL>(g, c0, nlast);
+    case 3: return dwwgrad_vector<T, 3, FULL>(g, c0, nlast);
+    case 4: return dwwgrad_vector<T, 4, FULL>(g, c0, nlast);
+    case 5: return dwwgrad_vector<T, 5, FULL>(g, c0, nlast);
+    case 6: return dwwgrad_vector<T, 6, FULL>(g, c0, nlast);
+    case 7: return dwwgrad_vector<T, 7, FULL>(g, c0, nlast);
+    default: return dwwgrad_vector_any<T, FULL>(g, c0, nlast);
   }
 }
 
 template <typename T>
-void dwwgradrow(const DwWGradRowArgs<T>& g) {
+void dwwgrad(const DwWGradArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
-  constexpr int NVC = kDwVec;
   const int64_t full_end = g.C / L * L;
   int64_t c0 = 0;
-  for (; c0 + NVC * L <= full_end; c0 += NVC * L) dwwgradrow_chunk<T, NVC, true>(g, c0, L);
-  for (; c0 + L <= full_end; c0 += L) dwwgradrow_chunk<T, 1, true>(g, c0, L);
-  if (c0 < g.C) dwwgradrow_chunk<T, 1, false>(g, c0, g.C - c0);
+  for (; c0 < full_end; c0 += L) dwwgrad_dispatch<T, true>(g, c0, L);
+  if (c0 < g.C) dwwgrad_dispatch<T, false>(g, c0, g.C - c0);
 }
 
 // One output row of an NCHW plane (see DwPlaneRowArgs): NV vectors of
@@ -1106,7 +1191,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &gconv<float>,    &gconv<double>,       &dwconv<float>,            \
                           &dwconv<double>,                                                   \
                           &dwplane<float>,  &dwplane<double>,     &dwrow<float>,             \
-                          &dwrow<double>,   &dwwgradrow<float>,   &dwwgradrow<double>,       \
+                          &dwrow<double>,   &dwwgrad<float>,      &dwwgrad<double>,          \
                           &bnact_reduce<float>, &bnact_reduce<double>, &bnact_apply<float>,  \
                           &bnact_apply<double>, &deform_col<float>, &deform_col<double>,     \
                           &deform_col_backward<float>, &deform_col_backward<double>};        \
