@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+# Inductor compiles in this process: its default pool of compile workers
+# keeps importing and idling on the CPU cores for a while after a
+# torch.compile, which slowed every provider timed after it (batch-1
+# effconv ran ~30% slower right after the torch.compile provider).
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch  # noqa: E402
 
 RESULTS = collections.OrderedDict()  # (family, case, mode) -> {provider: row}
 TARGETS = {}                         # (family, case, mode) -> target speedup
