@@ -166,8 +166,8 @@ def conv2d_cat(
         raise ValueError(f"conv2d_cat: expected as many biases and paddings as weights ({n}), "
                          f"got {len(biases)} and {len(paddings)}")
     act = activation or "none"
-    direct = (input.dim() == 4 and input.device.type == "cpu" and _backends.requested_backend() in ("auto", "cpu")
-              and _direct_call_ok(input, *weights, *biases))
+    direct = (_direct_call_ok(input, *weights, *biases) and input.dim() == 4 and input.device.type == "cpu"
+              and _backends.requested_backend() in ("auto", "cpu"))
     if not direct or any(conv2d_route(input.shape[1], w.shape, 1) != "conv2d" for w in weights):
         return torch.cat([conv2d(input, w, b, stride, p, dilation, activation=activation)
                           for w, b, p in zip(weights, biases, paddings)], 1)
