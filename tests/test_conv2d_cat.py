@@ -83,14 +83,3 @@ def test_fire_explains_both_convs():
     assert [r["op"] for r in rows] == ["conv2d"] * 3
     assert {r["backend"] for r in rows} == {"cpu"}
 
-
-def test_fire_compiles_fullgraph():
-    import effconv.models as em
-
-    torch.manual_seed(0)
-    m = em.squeezenet1_1(num_classes=10).eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        eager = m(x)
-        compiled = torch.compile(m, fullgraph=True)(x)
-    assert_close(compiled, eager.double(), 1000)

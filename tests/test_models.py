@@ -62,12 +62,13 @@ def test_compile_fullgraph_equals_eager():
     import torch._inductor.config as inductor_config
 
     torch.manual_seed(0)
-    m = em.mobilenet_v2(num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        eager = m(x)
-        compiled = torch.compile(m, fullgraph=True)(x)
-    assert_close(compiled, eager.double(), 1000)
+    for name in ("squeezenet1_1", "mobilenet_v2"):  # SqueezeNet: its Fire's conv2d_cat
+        m = getattr(em, name)(num_classes=10).eval()
+        with torch.no_grad():
+            eager = m(x)
+            compiled = torch.compile(m, fullgraph=True)(x)
+        assert_close(compiled, eager.double(), 1000, name)
     # Training mode: batch statistics, running-stat updates and backward in one graph.
     m.train()
     twin = em.mobilenet_v2(num_classes=10)
