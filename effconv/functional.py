@@ -172,9 +172,10 @@ def conv2d_cat(
         return torch.cat([conv2d(input, w, b, stride, p, dilation, activation=activation)
                           for w, b, p in zip(weights, biases, paddings)], 1)
     stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
+    paddings_ = [_pair("padding", p) for p in paddings]
     fam = _conv2d_op.FAMILY
-    plans = [fam.plan(input, w, b, stride_, _pair("padding", p), dilation_, 1, None, None, act)
-             for w, b, p in zip(weights, biases, paddings)]
+    plans = [fam.plan(input, w, b, stride_, p, dilation_, 1, None, None, act)
+             for w, b, p in zip(weights, biases, paddings_)]
     sizes = [pl[0] for pl in plans]
     if any(size[2:] != sizes[0][2:] for size in sizes):
         raise RuntimeError(f"conv2d_cat: expected every conv to give the same output size, got "
@@ -184,9 +185,8 @@ def conv2d_cat(
     out = _common.new_output(size, input, memory_format)
     k0 = 0
     # Each conv's runner writes its channel range of `out` (a strided view).
-    for (size_i, _, _, run, code), w, b, p in zip(plans, weights, biases, paddings):
-        run(input, w, b, None, None, stride_, _pair("padding", p), dilation_, 1, code,
-            out.narrow(1, k0, size_i[1]))
+    for (size_i, _, _, run, code), w, b, p in zip(plans, weights, biases, paddings_):
+        run(input, w, b, None, None, stride_, p, dilation_, 1, code, out.narrow(1, k0, size_i[1]))
         k0 += size_i[1]
     return out
 

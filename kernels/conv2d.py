@@ -27,6 +27,7 @@ import triton.language as tl
 
 from effconv.kernels import _config
 from effconv.kernels.epilogue import apply_epilogue
+from effconv.kernels.indexing import output_pixel
 
 
 @triton.jit
@@ -51,9 +52,7 @@ def conv2d_fwd_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < N * P * Q
     mask_n = offs_n < KG
-    n = offs_m // (P * Q)
-    p = (offs_m % (P * Q)) // Q
-    q = offs_m % Q
+    n, p, q = output_pixel(offs_m, P, Q)
     ih0 = p * stride_h - pad_h
     iw0 = q * stride_w - pad_w
     x_base = n.to(IDX) * sxn + ih0.to(IDX) * sxh + iw0.to(IDX) * sxw + (g * CG).to(IDX) * sxc
@@ -85,9 +84,7 @@ def conv2d_fwd_kernel(
     k_out = g * KG + offs_n
     acc = apply_epilogue(acc, k_out, mask_n, bias_ptr, scale_ptr, shift_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, ACT)
     # Output coordinates are re-derived here rather than kept live through the loop.
-    n = offs_m // (P * Q)
-    p = (offs_m % (P * Q)) // Q
-    q = offs_m % Q
+    n, p, q = output_pixel(offs_m, P, Q)
     y_off = (n.to(IDX) * syn + p.to(IDX) * syp + q.to(IDX) * syq)[:, None] + (k_out.to(IDX) * syk)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
     if STATS:
@@ -184,9 +181,7 @@ def conv2d_grad_weight_kernel(
     for m0 in range(m_begin, m_end, BLOCK_K):
         offs_m = m0 + tl.arange(0, BLOCK_K)
         mask_m = offs_m < m_end
-        n = offs_m // (P * Q)
-        p = (offs_m % (P * Q)) // Q
-        q = offs_m % Q
+        n, p, q = output_pixel(offs_m, P, Q)
         ih = p * stride_h - pad_h + r * dil_h
         iw = q * stride_w - pad_w + s * dil_w
         valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)

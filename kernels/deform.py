@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from effconv.kernels import _config
+from effconv.kernels.indexing import output_pixel
 
 
 @triton.jit
@@ -96,9 +97,7 @@ def deform_fwd_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < N * P * Q
     mask_n = offs_n < KG
-    n = offs_m // (P * Q)
-    p = (offs_m % (P * Q)) // Q
-    q = offs_m % Q
+    n, p, q = output_pixel(offs_m, P, Q)
     n_off = n.to(IDX) * sxn
     K = KG * tl.num_programs(2)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
@@ -142,9 +141,7 @@ def deform_grad_cols_kernel(
     mask_m = offs_m < N * P * Q
     mask_k = offs_k < CG
     mask2 = mask_m[:, None] & mask_k[None, :]
-    n = offs_m // (P * Q)
-    p = (offs_m % (P * Q)) // Q
-    q = offs_m % Q
+    n, p, q = output_pixel(offs_m, P, Q)
     K = KG * tl.num_programs(2)
     ch = g * CG + offs_k
     og = ch // COG
@@ -246,9 +243,7 @@ def deform_grad_weight_kernel(
         offs_m = m0 + tl.arange(0, BLOCK_M)
         mask_m = offs_m < m_end
         mask2 = mask_m[:, None] & mask_k[None, :]
-        n = offs_m // (P * Q)
-        p = (offs_m % (P * Q)) // Q
-        q = offs_m % Q
+        n, p, q = output_pixel(offs_m, P, Q)
         by = p * stride_h - pad_h + (t // KW) * dil_h
         bx = q * stride_w - pad_w + (t % KW) * dil_w
         val = _columns(x_ptr, off_ptr, mask_ptr, offs_m, n.to(IDX) * sxn, ch, og, t, mask2, by, bx, H, W, C, COG,

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from effconv.kernels import _config
 from effconv.kernels.epilogue import apply_epilogue
+from effconv.kernels.indexing import output_pixel
 
 
 @triton.jit
@@ -136,9 +137,7 @@ def depthwise_grad_weight_kernel(
     for m0 in range(m_begin, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         mask_m = offs_m < m_end
-        n = offs_m // (P * Q)
-        p = (offs_m % (P * Q)) // Q
-        q = offs_m % Q
+        n, p, q = output_pixel(offs_m, P, Q)
         ih = p * stride_h - pad_h + r * dil_h
         iw = q * stride_w - pad_w + s * dil_w
         valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
