@@ -60,8 +60,9 @@ struct GroupPlan {
   int64_t groups, cg, kg;  // original groups, in/out channels per group
   int64_t gs;              // groups per super-group
   int64_t sgroups, scg, skg;
-  // Block-diagonal membership: super-group input channel c and output channel k interact.
-  bool same_group(int64_t c, int64_t k) const { return c / cg == k / kg; }
+  // Block-diagonal membership: output channel k of a super-group reads its
+  // input channels [first_input(k), first_input(k) + cg).
+  int64_t first_input(int64_t k) const { return k / kg * cg; }
 };
 
 GroupPlan plan_groups(const Conv2dShape& s, int64_t cols_per_group, int lanes) {
@@ -240,12 +241,10 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
         const int64_t g = item / npanels, p = item % npanels;
         T* dst = wp.data() + g * gstride + p * panel_stride;
         for (int64_t j = 0; j < nr && p * nr + j < Kg; ++j) {
-          const int64_t k = p * nr + j;
+          const int64_t k = p * nr + j, c0 = gp.first_input(k);
           const T* src = ws + (g * Kg + k) * gp.cg * RS;
-          for (int64_t c = 0; c < Cg; ++c) {
-            if (!gp.same_group(c, k)) continue;
-            for (int64_t t = 0; t < RS; ++t) dst[(t * Cg + c) * nr + j] = src[(c % gp.cg) * RS + t];
-          }
+          for (int64_t c = 0; c < gp.cg; ++c)
+            for (int64_t t = 0; t < RS; ++t) dst[(t * Cg + c0 + c) * nr + j] = src[c * RS + t];
         }
       }
     });
@@ -474,11 +473,11 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
       T* dst = wp.data() + g * gstride + p * panel_stride;
       for (int64_t k = 0; k < Kg; ++k) {
         const T* src = ws + (g * Kg + k) * gp.cg * RS;
-        for (int64_t j = 0; j < nr && p * nr + j < Cg; ++j) {
-          const int64_t c = p * nr + j;
-          if (!gp.same_group(c, k)) continue;
-          for (int64_t t = 0; t < RS; ++t) dst[(t * Kg + k) * nr + j] = src[(c % gp.cg) * RS + t];
-        }
+        // This panel's columns [p * nr, p * nr + nr) among k's inputs.
+        const int64_t c0 = gp.first_input(k);
+        const int64_t lo = std::max(c0, p * nr), hi = std::min({c0 + gp.cg, p * nr + nr, Cg});
+        for (int64_t c = lo; c < hi; ++c)
+          for (int64_t t = 0; t < RS; ++t) dst[(t * Kg + k) * nr + c - p * nr] = src[(c - c0) * RS + t];
       }
     }
   });
@@ -594,21 +593,29 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
     }
   });
 
-  for (int64_t part = 1; part < nparts; ++part) {
-    const T* src = parts.data() + part * G * gsize;
-    for (int64_t i = 0; i < G * gsize; ++i) parts[i] += src[i];
+  // Per-thread partials summed in part order (deterministic), in parallel:
+  // serial, this tail was a fifth of a 320->1280 1x1 grad_weight.
+  at::parallel_for(0, G * gsize, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t part = 1; part < nparts; ++part) {
+      const T* src = parts.data() + part * G * gsize;
+      for (int64_t i = b; i < e; ++i) parts[i] += src[i];
+    }
+  });
+  for (int64_t part = 1; part < nparts; ++part)
     for (int64_t k = 0; k < int64_t(bparts.size()) / nparts; ++k) bparts[k] += bparts[part * s.K + k];
-  }
   T* dwp = dw.data_ptr<T>();
   const int64_t s0 = dw.stride(0), s1 = dw.stride(1), s2 = dw.stride(2), s3 = dw.stride(3);
   // Keep only the block diagonal of each super-group.
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t t = 0; t < RS; ++t)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t k = 0; k < Kg; ++k)
-          if (gp.same_group(c, k))
-            dwp[(g * Kg + k) * s0 + (c % gp.cg) * s1 + (t / s.S) * s2 + (t % s.S) * s3] =
-                parts[g * gsize + (t * Cg + c) * kpad + k];
+  at::parallel_for(0, s.K, 16, [&](int64_t b, int64_t e) {
+    for (int64_t ko = b; ko < e; ++ko) {
+      const int64_t g = ko / Kg, k = ko % Kg, c0 = gp.first_input(k);
+      const T* src = parts.data() + g * gsize + k;
+      for (int64_t c = 0; c < gp.cg; ++c)
+        for (int64_t r = 0; r < s.R; ++r)
+          for (int64_t q = 0; q < s.S; ++q)
+            dwp[ko * s0 + c * s1 + r * s2 + q * s3] = src[((r * s.S + q) * Cg + c0 + c) * kpad];
+    }
+  });
   if (dbias) {
     T* dbp = dbias->data_ptr<T>();
     for (int64_t k = 0; k < s.K; ++k) dbp[k * dbias->stride(0)] = bparts[k];
