@@ -347,6 +347,7 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) ap[i] = a_row(g, i0 + (i < mv ? i : mv - 1), t);
     const T* bt = bp + g.b_off[t];
+#pragma GCC unroll 4
     for (int64_t k = k0; k < k1; ++k) {
       vec_t<T> bv[NV];
 #pragma GCC unroll 4
