@@ -37,17 +37,40 @@ def _validate(name: str) -> str:
     return name
 
 
+def _env_reader(name: str) -> Callable[[], object]:
+    """A reader of environment variable `name` as os.environ holds it (raw
+    value, None when unset). os.environ.get encodes the key and decodes the
+    value on every call (~0.6 us); the ops read two variables per call, and
+    batch-1 networks make ~50 calls per image, so read os.environ's own
+    mapping when this Python has one. Still follows every os.environ change."""
+    data, encode = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
+    if isinstance(data, dict) and callable(encode):
+        key = encode(name)
+        return lambda: data.get(key)
+    return lambda: os.environ.get(name)
+
+
+def _decode(raw) -> str:
+    return raw.decode(errors="surrogateescape") if isinstance(raw, bytes) else raw
+
+
+_backend_env = _env_reader(ENV_VAR)
+_backend_parsed: dict = {}
+
+
 def requested_backend() -> str:
     """The backend asked for here: innermost use_backend(), else EFFCONV_BACKEND, else 'auto'."""
     stack = getattr(_local, "stack", None)
     if stack:
         return stack[-1]
-    env = os.environ.get(ENV_VAR, "").strip().lower()
-    if not env:
-        return "auto"
-    if env not in BACKENDS:
-        raise RuntimeError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
-    return env
+    raw = _backend_env()
+    parsed = _backend_parsed.get(raw)
+    if parsed is None:
+        env = _decode(raw or "").strip().lower()
+        if env and env not in BACKENDS:
+            raise RuntimeError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+        parsed = _backend_parsed[raw] = env or "auto"
+    return parsed
 
 
 @contextlib.contextmanager
@@ -64,8 +87,12 @@ def use_backend(name: str) -> Iterator[None]:
         stack.pop()
 
 
+_interpret_env = _env_reader("TRITON_INTERPRET")
+
+
 def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    raw = _interpret_env()
+    return raw is not None and _decode(raw) == "1"
 
 
 _triton_ok: tuple[bool, str] | None = None
