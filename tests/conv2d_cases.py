@@ -63,6 +63,9 @@ CASES = [
     Case("kernel_eq_input", 2, 4, 5, 5, 6, 5, 5),
     Case("stride_gt_kernel", 1, 4, 11, 11, 6, 2, 2, stride=3),
     Case("9x9", 1, 4, 12, 12, 6, 9, 9, padding=4),
+    # Few input channels: the CPU forward merges each kernel row into one tap
+    # over a zero-padded copy (rows dilated, columns not; asymmetric padding).
+    Case("rows_merged_dil21", 2, 3, 11, 10, 20, 3, 5, stride=(1, 2), padding=(2, 1), dilation=(2, 1)),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

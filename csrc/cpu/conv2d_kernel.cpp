@@ -156,6 +156,60 @@ std::vector<T> pack_gconv_weight(int64_t ncols, int64_t taps, int64_t reduce, in
   return wp;
 }
 
+// Few input channels (RGB stems, SqueezeNet's 16-channel 3x3 expand): the S
+// taps of one kernel row read S neighbouring pixels, which in a
+// channels_last row are S * C contiguous values when dilation_w is 1. Over an
+// input whose padding is materialised every such window is in bounds, so a
+// kernel row is a single tap of S * C channels: R taps instead of R * S. Per
+// tap the microkernel sets up MR row pointers and checks for padding, which
+// cost as much as the 3-16 multiply-adds per row a tap fed. The packed
+// weights ([tap][Cin][nr] with tap = r * S + s) already read as [r][s * C + c].
+bool merge_kernel_rows(const Conv2dShape& s, int64_t super_groups) {
+  return super_groups == 1 && s.groups == 1 && s.S > 1 && s.dil_w == 1 && s.C <= 16;
+}
+
+// A zero-padded channels_last copy of x: [N][H + 2 pad_h][W + 2 pad_w][C].
+template <typename T>
+std::vector<T> pad_nhwc(const Conv2dShape& s, const T* xp) {
+  const int64_t Hp = s.H + 2 * s.pad_h, Wp = s.W + 2 * s.pad_w, C = s.C;
+  std::vector<T> xpad(s.N * Hp * Wp * C);
+  at::parallel_for(0, s.N * Hp, 16, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t n = row / Hp, h = row % Hp - s.pad_h;
+      T* dst = xpad.data() + row * Wp * C;
+      if (h < 0 || h >= s.H) {
+        std::fill(dst, dst + Wp * C, T(0));
+        continue;
+      }
+      std::fill(dst, dst + s.pad_w * C, T(0));
+      std::copy(xp + (n * s.H + h) * s.W * C, xp + (n * s.H + h + 1) * s.W * C, dst + s.pad_w * C);
+      std::fill(dst + (s.pad_w + s.W) * C, dst + Wp * C, T(0));
+    }
+  });
+  return xpad;
+}
+
+// Forward indirection with merged kernel rows: per output pixel one pointer
+// per kernel row, into the padded input (never padding).
+template <typename T>
+void build_merged_rows(const Conv2dShape& s, const T* xpad, T* op, const int64_t* ostride, int64_t m0,
+                       int64_t rows, const T** a, T** c) {
+  const int64_t PQ = s.P * s.Q, Hp = s.H + 2 * s.pad_h, Wp = s.W + 2 * s.pad_w;
+  int64_t n = m0 / PQ, p = (m0 % PQ) / s.Q, q = m0 % s.Q;
+  for (int64_t i = 0; i < rows; ++i) {
+    c[i] = op + n * ostride[0] + p * ostride[2] + q * ostride[3];
+    for (int64_t kr = 0; kr < s.R; ++kr)
+      a[i * s.R + kr] = xpad + ((n * Hp + p * s.stride_h + kr * s.dil_h) * Wp + q * s.stride_w) * s.C;
+    if (++q == s.Q) {
+      q = 0;
+      if (++p == s.P) {
+        p = 0;
+        ++n;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 template <typename T>
 void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& weight_key, const Conv2dShape& s,
@@ -257,7 +311,21 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   const std::vector<T> scale_p = padded_channel_vector<T>(scale, G, Kg, kpad, T(1));
   const std::vector<T> shift_p = padded_channel_vector<T>(shift, G, Kg, kpad, T(0));
 
-  const ReductionBlocking rb = reduction_blocking(RS, Cg, nr, sizeof(T));
+  // Taps as the microkernel sees them: R * S of Cg channels, or R merged
+  // kernel rows of S * Cg.
+  const bool merged = merge_kernel_rows(s, G);
+  const int64_t ntaps = merged ? s.R : RS, kc = merged ? s.S * Cg : Cg;
+  if (merged)
+    for (int64_t r = 0; r < s.R; ++r) b_off[r] = r * kc * nr;
+  const std::vector<T> xpad = merged && (s.pad_h || s.pad_w) ? pad_nhwc<T>(s, xp) : std::vector<T>();
+  const T* xm = xpad.empty() ? xp : xpad.data();
+  const Conv2dShape sm = [&] {  // the geometry build_merged_rows reads: padding materialised
+    Conv2dShape t = s;
+    if (!xpad.empty()) t.pad_h = t.pad_w = 0, t.H += 2 * s.pad_h, t.W += 2 * s.pad_w;
+    return t;
+  }();
+
+  const ReductionBlocking rb = reduction_blocking(ntaps, kc, nr, sizeof(T));
   const int64_t mc = rows_per_tile(M, rb.taps * rb.k, sizeof(T), isa.mr(nv));
   const int64_t tiles = ceil_div(M, mc);
   StatsPartials partials(stats, G * kpad);
@@ -273,22 +341,25 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   // Stream outputs much larger than L2 when every row start is 64-byte aligned.
   args.stream = dense && out.numel() * int64_t(sizeof(T)) > (8 << 20) && (ldc * int64_t(sizeof(T))) % 64 == 0 &&
                 reinterpret_cast<uintptr_t>(op) % 64 == 0 && (nr * int64_t(sizeof(T))) % 64 == 0;
-  args.ntaps = RS;
-  args.kc = Cg;
+  args.ntaps = ntaps;
+  args.kc = kc;
   args.b_off = b_off.data();
   args.panel_stride = panel_stride;
   args.nv = nv;
   args.tap_block = rb.taps;
   args.k_block = rb.k;
-  args.zero = zeros.data();
+  args.zero = merged ? nullptr : zeros.data();
   args.ncols = Kg;
   args.c_cstride = ok;
   args.ep.act = act;
   for_each_tile<T>(
-      tiles, mc, RS, gsplit * psplit,
+      tiles, mc, ntaps, gsplit * psplit,
       [&](int64_t tile, const T** a, T** c) {
         const int64_t rows = std::min(mc, M - tile * mc);
-        if (!dense) build(tile * mc, rows, a, c);
+        if (merged)
+          build_merged_rows<T>(sm, xm, op, ostride, tile * mc, rows, a, c);
+        else if (!dense)
+          build(tile * mc, rows, a, c);
         return rows;
       },
       [&](int64_t tile, int64_t split, int64_t rows, const T** a, T** c) {
