@@ -27,13 +27,18 @@ namespace {
 
 // Rows per tile: the tile's A operand (rows x reduction block) should stay
 // in L2 while every column panel streams past it. Tiles are then evened out
-// over the rows: with a static schedule a short last tile leaves a thread idle.
+// over the rows: with a static schedule a short last tile leaves a thread
+// idle, and so does a tile count that is not a multiple of the threads when
+// there are few (batch-1 layers with one column panel: 7 tiles on 2 threads
+// ran 4 against 3).
 int64_t rows_per_tile(int64_t rows_total, int64_t reduction, int64_t elem_bytes, int mr) {
   const int64_t budget = 192 * 1024;
   int64_t rows = budget / std::max<int64_t>(1, reduction * elem_bytes);
   rows = std::min<int64_t>(std::max<int64_t>(rows, mr), 1024);
   rows = std::max<int64_t>(mr, rows / mr * mr);
-  const int64_t tiles = std::max<int64_t>(1, ceil_div(rows_total, rows));
+  int64_t tiles = std::max<int64_t>(1, ceil_div(rows_total, rows));
+  const int64_t threads = at::get_num_threads();
+  if (tiles < 8 * threads) tiles = std::min(ceil_div(tiles, threads) * threads, ceil_div(rows_total, int64_t(mr)));
   return std::max<int64_t>(mr, ceil_div(ceil_div(rows_total, tiles), mr) * mr);
 }
 
