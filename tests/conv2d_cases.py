@@ -66,6 +66,10 @@ CASES = [
     # Few input channels: the CPU forward merges each kernel row into one tap
     # over a zero-padded copy (rows dilated, columns not; asymmetric padding).
     Case("rows_merged_dil21", 2, 3, 11, 10, 20, 3, 5, stride=(1, 2), padding=(2, 1), dilation=(2, 1)),
+    # Few output channels: the CPU weight gradient puts input channels on the
+    # vectors (4 vectors per block in fp32 and fp64; 3 in fp32 with remainder rows).
+    Case("narrow_out_3x3", 2, 64, 6, 7, 12, 3, 3, padding=1),
+    Case("narrow_out_1x1", 2, 48, 5, 9, 20, 1, 1),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

@@ -159,7 +159,8 @@ def other_isa(request):
     C.set_cpu_isa(before)
 
 
-@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("pw1x1", "3x3_s2", "g32_resnext", "wide_channels")])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in (
+    "pw1x1", "3x3_s2", "g32_resnext", "wide_channels", "rows_merged_dil21", "narrow_out_3x3")])
 def test_other_isa_builds(other_isa, case, gen):
     run_case(case, torch.float32, "channels_last", gen=gen, activation="silu", epilogue=True)
     run_case(case, torch.float64, "nchw", gen=gen)

@@ -613,9 +613,18 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   const int lanes = isa.lanes<T>();
   const GroupPlan gp = plan_groups(s, s.cout_per_group(), lanes);
   const int64_t G = gp.sgroups, Cg = gp.scg, Kg = gp.skg, RS = s.taps();
-  const int nv = choose_nv(Kg, lanes);
+  // Few output channels (projections to 16 or 24, SqueezeNet's squeeze)
+  // leave the output-channel vectors of the plain form one wide or padded,
+  // and every pixel then costs a broadcast per multiply-add; the transposed
+  // form puts input channels on the vectors (WGemmArgs::dy).
+  const int nvt = s.groups == 1 && Cg % lanes == 0 && 2 * Kg <= 3 * lanes
+                      ? (Cg % (4 * lanes) == 0 ? 4 : Cg % (3 * lanes) == 0 ? 3 : Cg % (2 * lanes) == 0 ? 2 : 0)
+                      : 0;
+  const bool transposed = nvt > 0;
+  const int nv = transposed ? nvt : choose_nv(Kg, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Kg, nr), kpad = npanels * nr;
-  const int64_t gsize = RS * Cg * kpad;
+  // Partials per super-group: [tap][Cin][kpad], or [Cout][tap][Cin] transposed.
+  const int64_t gsize = transposed ? Kg * RS * Cg : RS * Cg * kpad;
 
   const int64_t M = s.N * s.P * s.Q, PQ = s.P * s.Q;
   const int64_t chunk = 256;
@@ -629,7 +638,7 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
 
   at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> xi(chunk * RS);
-    std::vector<T> dpack(npanels * chunk * nr);
+    std::vector<T> dpack(transposed ? 0 : npanels * chunk * nr);
     for (int64_t part = begin; part < end; ++part) {
       T* acc = parts.data() + part * G * gsize;
       T* bacc = dbias ? bparts.data() + part * s.K : nullptr;
@@ -651,18 +660,24 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
           }
         }
         for (int64_t g = 0; g < G; ++g) {
-          pack_row_panels(dyp + m0 * s.K + g * Kg, s.K, rows, Kg, nr, dpack.data());
           WGemmArgs<T> args;
           args.x = xi.data();
           args.x_off = g * Cg;
           args.m = rows;
           args.ntaps = RS;
           args.cg = Cg;
-          args.d = dpack.data();
-          args.d_panel_stride = rows * nr;
           args.nv = nv;
-          args.npanels = npanels;
           args.dw = acc + g * gsize;
+          if (transposed) {
+            args.dy = dyp + m0 * s.K + g * Kg;
+            args.ldd = s.K;
+            args.kcols = Kg;
+          } else {
+            pack_row_panels(dyp + m0 * s.K + g * Kg, s.K, rows, Kg, nr, dpack.data());
+            args.d = dpack.data();
+            args.d_panel_stride = rows * nr;
+            args.npanels = npanels;
+          }
           isa.wgemm(args);
         }
       }
@@ -685,11 +700,13 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   at::parallel_for(0, s.K, 16, [&](int64_t b, int64_t e) {
     for (int64_t ko = b; ko < e; ++ko) {
       const int64_t g = ko / Kg, k = ko % Kg, c0 = gp.first_input(k);
-      const T* src = parts.data() + g * gsize + k;
+      // Element (tap t, input channel c) of output channel k.
+      const T* src = parts.data() + g * gsize + (transposed ? k * RS * Cg : k);
+      const int64_t ld = transposed ? 1 : kpad;
       for (int64_t c = 0; c < gp.cg; ++c)
         for (int64_t r = 0; r < s.R; ++r)
           for (int64_t q = 0; q < s.S; ++q)
-            dwp[ko * s0 + c * s1 + r * s2 + q * s3] = src[((r * s.S + q) * Cg + c0 + c) * kpad];
+            dwp[ko * s0 + c * s1 + r * s2 + q * s3] = src[((r * s.S + q) * Cg + c0 + c) * ld];
     }
   });
   if (dbias) {

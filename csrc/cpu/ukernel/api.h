@@ -97,6 +97,16 @@ struct WGemmArgs {
   int64_t npanels = 0;
 
   T* dw = nullptr;  // [ntaps * cg][npanels * nr], accumulated into
+
+  // Transposed form, for few output channels (dy non-null; d, npanels
+  // unused): rows are output channels read straight from the channels_last
+  // output gradient, columns are input channels (cg a multiple of nv
+  // vectors), so narrow outputs still get full MR x NV register blocks:
+  //
+  //   dw[k][t * cg + c] += sum_m dy[m * ldd + k] * X[m, t][c],   k < kcols
+  const T* dy = nullptr;
+  int64_t ldd = 0;
+  int64_t kcols = 0;
 };
 
 // Grouped convolution with few channels per group, vectorised across

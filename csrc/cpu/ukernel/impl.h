@@ -500,8 +500,77 @@ void wgemm_nv(const WGemmArgs<T>& g) {
   }
 }
 
+// Transposed weight gradient (WGemmArgs::dy): MR output channels x NV
+// vectors of input channels per block; per pixel NV vector loads of X and
+// MR broadcasts of dy feed MR * NV multiply-adds.
+template <typename T, int MR, int NV>
+void wgemm_t_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, int64_t k0, T* out, int64_t ld) {
+  constexpr int L = VecTraits<T>::L;
+  vec_t<T> acc[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = vec_t<T>{};
+  for (int64_t m = 0; m < g.m; ++m) {
+    const T* xp = g.x[m * g.ntaps + t] + g.x_off + c0;
+    const T* dp = g.dy + m * g.ldd + k0;
+    vec_t<T> xv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) xv[v] = vload(xp + v * L);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const T s = dp[i];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] += s * xv[v];
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      T* o = out + (k0 + i) * ld + v * L;
+      vstore(o, vload(o) + acc[i][v]);
+    }
+}
+
+template <typename T, int MRMAX, int NV>
+void wgemm_t_nv(const WGemmArgs<T>& g) {
+  constexpr int64_t NR = int64_t(NV) * VecTraits<T>::L;
+  const int64_t ld = g.ntaps * g.cg;
+  for (int64_t t = 0; t < g.ntaps; ++t)
+    for (int64_t c0 = 0; c0 + NR <= g.cg; c0 += NR) {
+      T* out = g.dw + t * g.cg + c0;
+      // Output-channel blocks of MRMAX, then 4/2/1 for the remainder.
+      for (int64_t k0 = 0; k0 < g.kcols;) {
+        const int64_t rem = g.kcols - k0;
+        if (rem >= MRMAX) {
+          wgemm_t_block<T, MRMAX, NV>(g, t, c0, k0, out, ld);
+          k0 += MRMAX;
+        } else if (MRMAX > 4 && rem >= 4) {
+          wgemm_t_block<T, (MRMAX > 4 ? 4 : 1), NV>(g, t, c0, k0, out, ld);
+          k0 += (MRMAX > 4 ? 4 : 1);
+        } else if (MRMAX > 2 && rem >= 2) {
+          wgemm_t_block<T, (MRMAX > 2 ? 2 : 1), NV>(g, t, c0, k0, out, ld);
+          k0 += (MRMAX > 2 ? 2 : 1);
+        } else {
+          wgemm_t_block<T, 1, NV>(g, t, c0, k0, out, ld);
+          k0 += 1;
+        }
+      }
+    }
+}
+
 template <typename T>
 void wgemm(const WGemmArgs<T>& g) {
+  if (g.dy) {
+    switch (g.nv) {
+      case 1: wgemm_t_nv<T, kMr1, 1>(g); break;
+      case 2: wgemm_t_nv<T, kMr2, 2>(g); break;
+      case 3: wgemm_t_nv<T, kMr3, 3>(g); break;
+      default: wgemm_t_nv<T, kMr4, 4>(g); break;
+    }
+    return;
+  }
   switch (g.nv) {
     case 1: wgemm_nv<T, kMr1, 1>(g); break;
     case 2: wgemm_nv<T, kMr2, 2>(g); break;
