@@ -130,14 +130,23 @@ def conv2d(
     if not isinstance(groups, int) or isinstance(groups, bool):
         raise TypeError(f"groups must be an int, got {groups!r}")
     input, stride_, padding_, dilation_, unbatched = _normalize("conv2d", input, weight, stride, padding, dilation)
-    act = activation or "none"
-    if conv2d_route(input.shape[1], weight.shape, groups) == "depthwise_conv2d":
-        out = _depthwise(input, weight, bias, stride_, padding_, dilation_, scale, shift, act)
-    elif _direct_call_ok(input, weight, bias, scale, shift):
-        out = _conv2d_op.conv2d_impl(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, act)
-    else:
-        out = torch.ops.effconv.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, act)
+    out = conv2d_normalized(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift,
+                            activation or "none")
     return out.squeeze(0) if unbatched else out
+
+
+def conv2d_normalized(input, weight, bias, stride: list, padding: list, dilation: list, groups: int, scale, shift,
+                      activation: str) -> torch.Tensor:
+    """conv2d after argument normalisation (4-D input, stride/padding/dilation
+    as lists of two ints, activation a name): the routing to an op. Modules
+    whose arguments are normalised already (eval-mode ConvBNAct2d) call it
+    directly."""
+    if conv2d_route(input.shape[1], weight.shape, groups) == "depthwise_conv2d":
+        return _depthwise(input, weight, bias, stride, padding, dilation, scale, shift, activation)
+    if _direct_call_ok(input, weight, bias, scale, shift):
+        return _conv2d_op.conv2d_impl(input, weight, bias, stride, padding, dilation, groups, scale, shift,
+                                      activation)
+    return torch.ops.effconv.conv2d(input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)
 
 
 def conv2d_cat(

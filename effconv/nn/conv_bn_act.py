@@ -47,7 +47,8 @@ class _FoldCache:
     def __init__(self):
         self.tensors, self.state, self.value = None, None, None
 
-    def get(self, tensors, extra, compute):
+    def get(self, tensors, extra, compute, *args):
+        """The cached ``compute(*args)``, recomputed when a tensor or ``extra`` changed."""
         state = [extra]
         for t in tensors:
             if t is not None:
@@ -55,7 +56,7 @@ class _FoldCache:
         held = self.tensors
         if held is not None and self.state == state and all(a is b for a, b in zip(held, tensors)):
             return self.value
-        self.value = compute()
+        self.value = compute(*args)
         self.tensors, self.state = tuple(tensors), state
         return self.value
 
@@ -70,11 +71,17 @@ def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, ac
         # Inference (no_grad / inference_mode) with running statistics: the
         # cached fold and one op call, nothing else (batch-1 networks spend
         # more time in per-layer Python than in small layers' kernels).
-        running_mean, running_var = bn.running_mean, bn.running_var
+        buffers, params = bn._buffers, bn._parameters
+        running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
         if running_mean is not None and running_var is not None:
-            scale, shift = cache.get((running_mean, running_var, bn.weight, bn.bias, conv.bias), (bn.eps, input.dtype),
-                                     lambda: functional.fold_batch_norm(running_mean, running_var, bn.weight, bn.bias,
-                                                                        bn.eps, conv.bias, input.dtype))
+            fold = (running_mean, running_var, params.get("weight"), params.get("bias"), conv.bias)
+            scale, shift = cache.get(fold, (bn.eps, input.dtype), functional.fold_batch_norm, *fold[:4], bn.eps,
+                                     fold[4], input.dtype)
+            # nn.Conv2d keeps stride/dilation (and non-string padding) as int
+            # pairs: only the routing is left of functional.conv2d.
+            if input.dim() == 4 and not isinstance(conv.padding, str):
+                return functional.conv2d_normalized(input, conv.weight, None, list(conv.stride), list(conv.padding),
+                                                    list(conv.dilation), conv.groups, scale, shift, activation)
             return functional.conv2d(input, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups,
                                      scale=scale, shift=shift, activation=activation)
     if conv.padding_mode != "zeros":
