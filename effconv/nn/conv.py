@@ -53,6 +53,11 @@ class Conv2d(nn.Conv2d):
             padding = 0
         else:
             padding = self.padding
+            if input.dim() == 4 and not isinstance(padding, str):
+                # Arguments nn.Conv2d keeps as int pairs need no normalising (batch-1 networks: per-call cost).
+                return functional.conv2d_normalized(input, weight, bias, list(self.stride), list(padding),
+                                                    list(self.dilation), self.groups, None, None,
+                                                    self.activation or "none")
         return functional.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                                  activation=self.activation)
 
