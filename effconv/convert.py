@@ -12,6 +12,10 @@
   so state_dict keys do not change; a run inside a longer Sequential keeps
   its positions (the fused block at the conv's index, ``nn.Identity`` at the
   others), which nests its keys one level deeper.
+- torchvision's SqueezeNet ``Fire`` becomes effconv's (same parameters and
+  keys): its ReLUs run in the convs' epilogues and the expand convs write
+  their halves of one output instead of a ``torch.cat``, which a module swap
+  cannot do from inside the original ``forward``;
 - BatchNorm whose order relative to its conv is decided by a custom
   ``forward`` (ResNet's ``conv1``/``bn1`` attributes) stays as it is: the
   graph cannot be read from the module tree. The report says so.
@@ -52,6 +56,19 @@ def _join(prefix: str, name: str) -> str:
 def _is_torchvision_deform(m: nn.Module) -> bool:
     # By name: torchvision is not imported unless the model already uses it.
     return type(m).__name__ == "DeformConv2d" and type(m).__module__.startswith("torchvision.ops")
+
+
+def _is_torchvision_fire(m: nn.Module) -> bool:
+    """torchvision.models.squeezenet.Fire with its stock ReLUs and convs."""
+    if type(m).__name__ != "Fire" or type(m).__module__ != "torchvision.models.squeezenet":
+        return False
+
+    def plain(conv) -> bool:
+        return type(conv) is nn.Conv2d or (type(conv) is Conv2d and conv.activation is None)
+
+    return (all(type(getattr(m, a, None)) is nn.ReLU for a in ("squeeze_activation", "expand1x1_activation",
+                                                                "expand3x3_activation"))
+            and all(plain(getattr(m, c, None)) for c in ("squeeze", "expand1x1", "expand3x3")))
 
 
 def _is_plain_conv(m: nn.Module) -> bool:
@@ -95,6 +112,11 @@ def _convert_child(child: nn.Module, where: str, parent: nn.Module | None, fuse:
     if fused is not None:
         report.converted.append((where, fused[1]))
         return fused[0]
+    if fuse and _is_torchvision_fire(child):
+        from effconv.models.squeezenet import Fire
+
+        report.converted.append((where, "torchvision Fire -> effconv Fire (ReLUs fused, expand without torch.cat)"))
+        return Fire.from_torchvision(child)
     if type(child) is nn.Conv2d:
         report.converted.append((where, "nn.Conv2d -> effconv.Conv2d"))
         return Conv2d.from_torch(child)

@@ -102,3 +102,18 @@ def test_sequence_runs_fuse_in_place():
         seq.train(mode)
         ours.train(mode)
         assert_close(ours(x), seq(x), 72)
+
+
+def test_squeezenet_fire_swapped():
+    tv = torchvision.models.squeezenet1_1()
+    ours = effconv.convert(tv)
+    fires = [m for m in ours.modules() if type(m).__name__ == "Fire"]
+    assert fires and all(type(m) is effconv.models.squeezenet.Fire for m in fires)
+    assert all(f.squeeze.activation == "relu" for f in fires)
+    assert "torchvision Fire -> effconv Fire" in dict(effconv.conversion_report(ours).converted)["features.3"]
+    assert list(ours.state_dict()) == list(tv.state_dict())
+    # A Fire whose activation was changed is not the stock block: only its convs are swapped.
+    tv.features[3].squeeze_activation = nn.SiLU()
+    odd = effconv.convert(tv)
+    assert type(odd.features[3]).__module__ == "torchvision.models.squeezenet"
+    assert type(odd.features[3].squeeze) is effconv.Conv2d

@@ -19,6 +19,16 @@ class Fire(nn.Module):
         self.expand1x1 = Conv2d(squeeze_planes, expand1x1_planes, 1, activation="relu")
         self.expand3x3 = Conv2d(squeeze_planes, expand3x3_planes, 3, padding=1, activation="relu")
 
+    @classmethod
+    def from_torchvision(cls, fire: nn.Module) -> "Fire":
+        """This Fire on the parameters of a torchvision Fire (same keys)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.inplanes = fire.inplanes
+        for name in ("squeeze", "expand1x1", "expand3x3"):
+            setattr(new, name, Conv2d.from_torch(getattr(fire, name), activation="relu"))
+        return new.train(fire.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.squeeze(x)
         e1, e3 = self.expand1x1, self.expand3x3
