@@ -43,8 +43,9 @@ struct IGemmArgs {
   const T* a_dense = nullptr;
   int64_t lda = 0;
   int64_t a_off = 0;
-  // The zero vector padding taps point at: a tap whose rows all point here
-  // is skipped (dilated convs on small maps are ~40% padding taps).
+  // The zero vector padding taps point at, when the caller wants taps whose
+  // rows all point here skipped (null: compute them; the check costs more
+  // than it saves unless such taps are common, as in dilated convs).
   const T* zero = nullptr;
   int64_t m = 0;
   int64_t ntaps = 0;
