@@ -6,6 +6,7 @@
 // so no instantiation leaks out of its ISA's translation unit.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "effconv/epilogue.h"
 #include "ukernel/api.h"
@@ -467,6 +468,31 @@ void wgemm_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, const T* dp, T* o
     }
 }
 
+// Runs block(std::integral_constant<int, MR>{}, r0) over rows [0, n) in
+// blocks of MRMAX rows, then 8/4/2/1 for the remainder.
+template <int MRMAX, typename Block>
+inline void for_each_row_block(int64_t n, const Block& block) {
+  for (int64_t r0 = 0; r0 < n;) {
+    const int64_t rem = n - r0;
+    if (rem >= MRMAX) {
+      block(std::integral_constant<int, MRMAX>{}, r0);
+      r0 += MRMAX;
+    } else if (MRMAX > 8 && rem >= 8) {
+      block(std::integral_constant<int, (MRMAX > 8 ? 8 : 1)>{}, r0);
+      r0 += (MRMAX > 8 ? 8 : 1);
+    } else if (MRMAX > 4 && rem >= 4) {
+      block(std::integral_constant<int, (MRMAX > 4 ? 4 : 1)>{}, r0);
+      r0 += (MRMAX > 4 ? 4 : 1);
+    } else if (MRMAX > 2 && rem >= 2) {
+      block(std::integral_constant<int, (MRMAX > 2 ? 2 : 1)>{}, r0);
+      r0 += (MRMAX > 2 ? 2 : 1);
+    } else {
+      block(std::integral_constant<int, 1>{}, r0);
+      r0 += 1;
+    }
+  }
+}
+
 template <typename T, int MRMAX, int NV>
 void wgemm_nv(const WGemmArgs<T>& g) {
   constexpr int64_t NR = int64_t(NV) * VecTraits<T>::L;
@@ -476,26 +502,9 @@ void wgemm_nv(const WGemmArgs<T>& g) {
     for (int64_t t = 0; t < g.ntaps; ++t) {
       // Channel blocks of MRMAX, then 8/4/2/1 for the remainder, so no row
       // ever reads past its tap's cg channels.
-      for (int64_t c0 = 0; c0 < g.cg;) {
-        const int64_t rem = g.cg - c0;
-        T* out = g.dw + (t * g.cg + c0) * ld + p * NR;
-        if (rem >= MRMAX) {
-          wgemm_block<T, MRMAX, NV>(g, t, c0, dp, out, ld);
-          c0 += MRMAX;
-        } else if (MRMAX > 8 && rem >= 8) {
-          wgemm_block<T, (MRMAX > 8 ? 8 : 1), NV>(g, t, c0, dp, out, ld);
-          c0 += (MRMAX > 8 ? 8 : 1);
-        } else if (MRMAX > 4 && rem >= 4) {
-          wgemm_block<T, (MRMAX > 4 ? 4 : 1), NV>(g, t, c0, dp, out, ld);
-          c0 += (MRMAX > 4 ? 4 : 1);
-        } else if (MRMAX > 2 && rem >= 2) {
-          wgemm_block<T, (MRMAX > 2 ? 2 : 1), NV>(g, t, c0, dp, out, ld);
-          c0 += (MRMAX > 2 ? 2 : 1);
-        } else {
-          wgemm_block<T, 1, NV>(g, t, c0, dp, out, ld);
-          c0 += 1;
-        }
-      }
+      for_each_row_block<MRMAX>(g.cg, [&](auto mr, int64_t c0) {
+        wgemm_block<T, decltype(mr)::value, NV>(g, t, c0, dp, g.dw + (t * g.cg + c0) * ld + p * NR, ld);
+      });
     }
   }
 }
@@ -540,23 +549,9 @@ void wgemm_t_nv(const WGemmArgs<T>& g) {
   for (int64_t t = 0; t < g.ntaps; ++t)
     for (int64_t c0 = 0; c0 + NR <= g.cg; c0 += NR) {
       T* out = g.dw + t * g.cg + c0;
-      // Output-channel blocks of MRMAX, then 4/2/1 for the remainder.
-      for (int64_t k0 = 0; k0 < g.kcols;) {
-        const int64_t rem = g.kcols - k0;
-        if (rem >= MRMAX) {
-          wgemm_t_block<T, MRMAX, NV>(g, t, c0, k0, out, ld);
-          k0 += MRMAX;
-        } else if (MRMAX > 4 && rem >= 4) {
-          wgemm_t_block<T, (MRMAX > 4 ? 4 : 1), NV>(g, t, c0, k0, out, ld);
-          k0 += (MRMAX > 4 ? 4 : 1);
-        } else if (MRMAX > 2 && rem >= 2) {
-          wgemm_t_block<T, (MRMAX > 2 ? 2 : 1), NV>(g, t, c0, k0, out, ld);
-          k0 += (MRMAX > 2 ? 2 : 1);
-        } else {
-          wgemm_t_block<T, 1, NV>(g, t, c0, k0, out, ld);
-          k0 += 1;
-        }
-      }
+      for_each_row_block<MRMAX>(g.kcols, [&](auto mr, int64_t k0) {
+        wgemm_t_block<T, decltype(mr)::value, NV>(g, t, c0, k0, out, ld);
+      });
     }
 }
 
