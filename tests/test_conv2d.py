@@ -15,8 +15,10 @@ from helpers import assert_close, assert_low_precision_ok, conv2d_reference, mak
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="effconv._C is not built")
 
 
-def run_case(case: Case, dtype, layout, backend="cpu", gen=None, activation=None, epilogue=False, device="cpu"):
-    """Forward + backward on `backend`, compared with float64 PyTorch (on the CPU)."""
+def run_case(case: Case, dtype, layout, backend="cpu", gen=None, activation=None, epilogue=False, device="cpu",
+             dy_like_output=False):
+    """Forward + backward on `backend`, compared with float64 PyTorch (on the CPU).
+    The output gradient is contiguous, or in the output's layout with `dy_like_output`."""
     def leaf(t):
         return t.to(dtype=dtype, device=device).requires_grad_()
 
@@ -51,6 +53,8 @@ def run_case(case: Case, dtype, layout, backend="cpu", gen=None, activation=None
         assert same_layout(y, torch_y), f"layout: effconv {y.stride()} vs torch {torch_y.stride()}"
 
     dy = torch.randn(y.shape, dtype=torch.float64, generator=gen).to(dtype)
+    if dy_like_output:
+        dy = torch.empty_like(y).copy_(dy)
     grads = torch.autograd.grad(y, leaves, dy.to(device), allow_unused=True)
     ref_grads = torch.autograd.grad(y_ref, ref_leaves, dy.double(), allow_unused=True)
     pixels = max(y.shape[0] * y.shape[2] * y.shape[3], 1)
@@ -96,6 +100,16 @@ def test_conv2d_low_precision(case, dtype, gen):
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("pw1x1", "3x3_s2", "g4_uneven")])
 def test_conv2d_epilogue(case, epilogue, activation, gen):
     run_case(case, torch.float32, "channels_last", gen=gen, activation=activation, epilogue=epilogue)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pointwise_streamed_outputs(dtype, gen):
+    """1x1 outputs and input gradients past 8 MB take the plain-GEMM path with
+    non-temporal stores; with C = K = 64 they cross it in both directions."""
+    case = Case("pw1x1_streamed", 2, 64, 96, 176 // dtype.itemsize * 4, 64, 1, 1)
+    x, y, grads = run_case(case, dtype, "channels_last", gen=gen, dy_like_output=True)
+    assert y.numel() * y.element_size() > 8 << 20 and grads[0].numel() * grads[0].element_size() > 8 << 20
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unbatched_input(gen):

@@ -83,6 +83,24 @@ GroupPlan plan_groups(const Conv2dShape& s, int64_t cols_per_group, int lanes) {
   return p;
 }
 
+// A 1x1, stride-1, unpadded conv whose output (forward) or grad_input is
+// channels_last is a plain GEMM over [N*H*W, channels]: rows are affine, so
+// no indirection is built. `stride` is that output's; its rows may be wider
+// than `channels` (a channel range of a concatenation).
+bool plain_gemm(const Conv2dShape& s, const int64_t* stride, int64_t channels) {
+  return s.taps() == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 && stride[1] == 1 &&
+         stride[3] >= channels && stride[2] == s.W * stride[3] && stride[0] == s.H * s.W * stride[3];
+}
+
+// Non-temporal stores pay for outputs much larger than L2, and need every
+// row start (row pitch ld) and panel (nr columns) 64-byte aligned.
+template <typename T>
+bool stream_rows(const T* out, int64_t numel, int64_t ld, int64_t nr) {
+  const int64_t sz = sizeof(T);
+  return numel * sz > (8 << 20) && (ld * sz) % 64 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0 &&
+         (nr * sz) % 64 == 0;
+}
+
 // Runs every (row tile, column split) work item over the threads. A tile's
 // indirection, `build(tile, a, c) -> rows`, is built once per tile by the
 // thread that owns it; `compute(tile, split, rows, a, c)` then runs the
@@ -336,16 +354,10 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   StatsPartials partials(stats, G * kpad);
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
-  // A 1x1, stride-1, unpadded conv into a channels_last output is a plain
-  // GEMM over [N*H*W, C]: rows are affine, so no indirection is built. The
-  // output rows may be wider than K (a channel range of a concatenation).
   const int64_t ldc = ostride[3];
-  const bool dense = RS == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
-                     ok == 1 && ldc >= s.K && ostride[2] == s.Q * ldc && ostride[0] == s.P * s.Q * ldc;
+  const bool dense = plain_gemm(s, ostride, s.K);
   IGemmArgs<T> args;
-  // Stream outputs much larger than L2 when every row start is 64-byte aligned.
-  args.stream = dense && out.numel() * int64_t(sizeof(T)) > (8 << 20) && (ldc * int64_t(sizeof(T))) % 64 == 0 &&
-                reinterpret_cast<uintptr_t>(op) % 64 == 0 && (nr * int64_t(sizeof(T))) % 64 == 0;
+  args.stream = dense && stream_rows(op, out.numel(), ldc, nr);
   args.ntaps = ntaps;
   args.kc = kc;
   args.b_off = b_off.data();
@@ -570,9 +582,12 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
     for (int64_t t : classes[i].taps) b_offs[i].push_back(t * Kg * nr);
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
+  const bool dense = plain_gemm(s, xstride, s.C);  // then one residue class, all pixels
+  const bool stream = dense && stream_rows(dxp, dx.numel(), xstride[3], nr);
   for_each_tile<T>(
       tiles, mc, RS, gsplit * psplit,
       [&](int64_t tile, const T** a, T** c) {
+        if (dense) return std::min(mc, classes[0].rows - tile * mc);
         return build_grad_input_rows<T>(s, class_of_tile(classes, tile), mc, tile, dyp, dxp, xstride,
                                         zeros.data(), a, c);
       },
@@ -580,7 +595,16 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
         const ResidueClass& rc = class_of_tile(classes, tile);
         const int64_t gs = split / psplit, ps = split % psplit;
         IGemmArgs<T> args;
-        args.a = a;
+        if (dense) {
+          args.a_dense = dyp + tile * mc * s.K;
+          args.lda = s.K;
+          args.c_dense = dxp + tile * mc * xstride[3];
+          args.ldc = xstride[3];
+          args.stream = stream;
+        } else {
+          args.a = a;
+          args.c = c;
+        }
         args.m = rows;
         args.ntaps = int64_t(rc.taps.size());
         args.kc = Kg;
@@ -589,11 +613,11 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
         args.nv = nv;
         args.tap_block = rb.taps;
         args.k_block = rb.k;
-        args.zero = zeros.data();
+        // As in the forward: skipping all-padding taps pays only when dilated.
+        args.zero = s.dil_h > 1 || s.dil_w > 1 ? zeros.data() : nullptr;
         args.p_begin = ps * npanels / psplit;
         args.p_end = (ps + 1) * npanels / psplit;
         args.ncols = Cg;
-        args.c = c;
         args.c_cstride = sc;
         for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
           args.a_off = g * Kg;
