@@ -70,6 +70,9 @@ CASES = [
     # vectors (4 vectors per block in fp32 and fp64; 3 in fp32 with remainder rows).
     Case("narrow_out_3x3", 2, 64, 6, 7, 12, 3, 3, padding=1),
     Case("narrow_out_1x1", 2, 48, 5, 9, 20, 1, 1),
+    # One-vector output panels with a reduction longer than one block (the
+    # CPU forward splits its 9 taps of 320 channels into blocks).
+    Case("narrow_out_blocked", 2, 320, 5, 7, 16, 3, 3, padding=1),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

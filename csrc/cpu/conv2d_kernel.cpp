@@ -309,9 +309,16 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Kg, nr), kpad = npanels * nr;
   const int64_t panel_stride = RS * Cg * nr, gstride = npanels * panel_stride;
 
-  // Weight panels: [super-group][panel][tap][Cin][nr], zero beyond Cout and
-  // off the block diagonal.
-  const auto wp_cached = packed_weight<T>(weight_key, {1, G, Cg, Kg, nr, RS, gp.cg}, [&] {
+  // Taps as the microkernel sees them: R * S of Cg channels, or R merged
+  // kernel rows of S * Cg.
+  const bool merged = merge_kernel_rows(s, G);
+  const int64_t ntaps = merged ? s.R : RS, kc = merged ? s.S * Cg : Cg;
+  const ReductionBlocking rb = reduction_blocking(ntaps, kc, nr, sizeof(T));
+  const bool ci4 = isa.ci4<T>(nv, kc, rb.k);
+
+  // Weight panels: [super-group][panel][tap][Cin][nr] (b_offset's order
+  // within a panel), zero beyond Cout and off the block diagonal.
+  const auto wp_cached = packed_weight<T>(weight_key, {1, G, Cg, Kg, nr, RS, gp.cg, ci4}, [&] {
     std::vector<T> wp(G * gstride, T(0));
     at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
       for (int64_t item = b; item < e; ++item) {
@@ -321,7 +328,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
           const int64_t k = p * nr + j, c0 = gp.first_input(k);
           const T* src = ws + (g * Kg + k) * gp.cg * RS;
           for (int64_t c = 0; c < gp.cg; ++c)
-            for (int64_t t = 0; t < RS; ++t) dst[(t * Cg + c0 + c) * nr + j] = src[c * RS + t];
+            for (int64_t t = 0; t < RS; ++t) dst[b_offset(t * Cg + c0 + c, j, nr, ci4)] = src[c * RS + t];
         }
       }
     });
@@ -334,10 +341,6 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   const std::vector<T> scale_p = padded_channel_vector<T>(scale, G, Kg, kpad, T(1));
   const std::vector<T> shift_p = padded_channel_vector<T>(shift, G, Kg, kpad, T(0));
 
-  // Taps as the microkernel sees them: R * S of Cg channels, or R merged
-  // kernel rows of S * Cg.
-  const bool merged = merge_kernel_rows(s, G);
-  const int64_t ntaps = merged ? s.R : RS, kc = merged ? s.S * Cg : Cg;
   if (merged)
     for (int64_t r = 0; r < s.R; ++r) b_off[r] = r * kc * nr;
   const std::vector<T> xpad = merged && (s.pad_h || s.pad_w) ? pad_nhwc<T>(s, xp) : std::vector<T>();
@@ -348,7 +351,6 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
     return t;
   }();
 
-  const ReductionBlocking rb = reduction_blocking(ntaps, kc, nr, sizeof(T));
   const int64_t mc = rows_per_tile(M, rb.taps * rb.k, sizeof(T), isa.mr(nv));
   const int64_t tiles = ceil_div(M, mc);
   StatsPartials partials(stats, G * kpad);
@@ -363,6 +365,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   args.b_off = b_off.data();
   args.panel_stride = panel_stride;
   args.nv = nv;
+  args.ci4 = ci4;
   args.tap_block = rb.taps;
   args.k_block = rb.k;
   // Skipping taps whose rows are all padding pays on dilated convs (ASPP's
@@ -556,7 +559,11 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Cg, nr);
   const int64_t panel_stride = RS * Kg * nr, gstride = npanels * panel_stride;
 
-  // Transposed weight panels: [super-group][panel over Cin][tap][Cout][nr].
+  const ReductionBlocking rb = reduction_blocking(RS, Kg, nr, sizeof(T));
+  const bool ci4 = isa.ci4<T>(nv, Kg, rb.k);
+
+  // Transposed weight panels: [super-group][panel over Cin][tap][Cout][nr]
+  // (b_offset's order within a panel).
   std::vector<T> wp(G * gstride, T(0));
   at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
@@ -568,12 +575,11 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
         const int64_t c0 = gp.first_input(k);
         const int64_t lo = std::max(c0, p * nr), hi = std::min({c0 + gp.cg, p * nr + nr, Cg});
         for (int64_t c = lo; c < hi; ++c)
-          for (int64_t t = 0; t < RS; ++t) dst[(t * Kg + k) * nr + c - p * nr] = src[(c - c0) * RS + t];
+          for (int64_t t = 0; t < RS; ++t) dst[b_offset(t * Kg + k, c - p * nr, nr, ci4)] = src[(c - c0) * RS + t];
       }
     }
   });
 
-  const ReductionBlocking rb = reduction_blocking(RS, Kg, nr, sizeof(T));
   const int64_t mc = rows_per_tile(class_rows(s), rb.taps * rb.k, sizeof(T), isa.mr(nv));
   int64_t tiles;
   const std::vector<ResidueClass> classes = residue_classes(s, mc, tiles);
@@ -611,6 +617,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
         args.b_off = b_offs[&rc - classes.data()].data();
         args.panel_stride = panel_stride;
         args.nv = nv;
+        args.ci4 = ci4;
         args.tap_block = rb.taps;
         args.k_block = rb.k;
         // As in the forward: skipping all-padding taps pays only when dilated.

@@ -61,6 +61,9 @@ struct IGemmArgs {
   int64_t k_block = 0;
   int64_t p_begin = 0, p_end = 0;  // panel range computed by this call
   int64_t ncols = 0;               // valid columns over all panels
+  // One-vector panels (nv 1) packed four reduction channels interleaved
+  // (ci4_offset); only where IsaKernels::ci4 says the ISA has the kernel.
+  bool ci4 = false;
 
   // Row pointers: column j of row i is c[i][c_off + j * c_cstride]; when c
   // is null, row i starts at c_dense + i * ldc.
@@ -354,6 +357,12 @@ struct IsaKernels {
     return vec_bytes / int(sizeof(T));
   }
   int mr(int nv) const { return ukernel_mr(vec_regs, nv); }
+  // Whether igemm has the channel-interleaved kernel for this panel width
+  // and reduction length (AVX-512 float; kc and every k block a multiple of 4).
+  template <typename T>
+  bool ci4(int nv, int64_t kc, int64_t k_block) const {
+    return sizeof(T) == 4 && vec_bytes == 64 && vec_regs >= 32 && nv == 1 && kc % 4 == 0 && k_block % 4 == 0;
+  }
   void igemm(const IGemmArgs<float>& a) const { igemm_f32(a); }
   void igemm(const IGemmArgs<double>& a) const { igemm_f64(a); }
   void wgemm(const WGemmArgs<float>& a) const { wgemm_f32(a); }
@@ -395,6 +404,17 @@ bool set_isa(const char* name);
 // wider panels: every panel re-reads the rows' A operands, which costs most
 // when the reduction is short (1x1 layers with 16-64 input channels ran
 // 15-25% faster with one 64-wide panel than two 32-wide ones on Zen 5).
+// Where B's value for reduction row r (of a tap's kc, or of all taps': the
+// packing is the same) and panel column n goes in a panel of nr columns:
+// r * nr + n, or with ci4 (nr = lanes) the channel-interleaved order of
+// igemm_block_ci4: row block r / 4 holds 4 vectors, vector n / (lanes / 4)
+// lane 4 * (n % (lanes / 4)) + r % 4.
+inline int64_t b_offset(int64_t r, int64_t n, int64_t nr, bool ci4) {
+  if (!ci4) return r * nr + n;
+  const int64_t per = nr / 4;
+  return (r - r % 4) * nr + (n / per) * nr + 4 * (n % per) + r % 4;
+}
+
 inline int choose_nv(int64_t ncols, int lanes) {
   static const double kEfficiency[5] = {0.0, 0.78, 0.93, 0.97, 1.0};
   int best = 4;

@@ -306,6 +306,37 @@ inline void igemm_store_last(const IGemmArgs<T>& g, const vec_t<T> (&acc)[MR][NV
   }
 }
 
+// The end of a block: acc holds the block's sums (plus the bias when first,
+// plus C's partial sums when !first and full).
+template <typename T, int MR, int NV>
+__attribute__((always_inline)) inline void igemm_block_store(const IGemmArgs<T>& g, const vec_t<T> (&acc)[MR][NV],
+                                                             int64_t i0, int64_t mv, int64_t col0, bool full,
+                                                             bool first, bool last) {
+  constexpr int L = VecTraits<T>::L;
+  if (!full) {
+    // A copy escapes to the out-of-line store, not acc itself: were acc's
+    // address taken, every block would keep it in memory.
+    vec_t<T> out[MR][NV];
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) out[i][v] = acc[i][v];
+    igemm_store_partial<T, MR, NV>(g, out, i0, mv, col0, first, last);
+    return;
+  }
+  // Full blocks of full panels store from registers with compile-time
+  // indices; a runtime row bound would force every accumulator through the
+  // stack first.
+  if (!last) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) vstore(c_row(g, i0 + i) + col0 + v * L, acc[i][v]);
+    return;
+  }
+  igemm_store_last<T, MR, NV>(g, acc, i0, col0, g.stream && first);  // partial sums were cached: keep them there
+}
+
 // One reduction block [t0, t1) x [k0, k1) of one panel for MR rows.
 // first: start from zero (else from C's partial sums); last: apply the
 // epilogue. Intermediate blocks store raw partial sums into C.
@@ -361,28 +392,87 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
       }
     }
   }
-  if (!full) {
-    // A copy escapes to the out-of-line store, not acc itself: were acc's
-    // address taken, every block would keep it in memory.
-    vec_t<T> out[MR][NV];
+  igemm_block_store<T, MR, NV>(g, acc, i0, mv, col0, full, first, last);
+}
+
+// One-vector panels (L output columns: ResNeXt's 16-channel groups,
+// SqueezeNet's squeeze) cost igemm_block a broadcast of A per multiply-add.
+// With B packed four reduction channels interleaved (IGemmArgs::ci4,
+// ci4_offset) one broadcast of A[i][k..k+3] into every 4-lane group feeds
+// four: accumulator j's lane 4u + v sums column j * L/4 + u over channels
+// k = v (mod 4), and two deinterleave-adds fold the four into one vector
+// of the L columns. AVX-512 float only (kCi4).
+constexpr bool kCi4 = EFFCONV_VEC_BYTES == 64 && EFFCONV_VEC_REGS >= 32;
+constexpr int kMrCi4 = 6;  // 24 accumulators, 4 B vectors, the broadcast
+
+template <typename T>
+inline vec_t<T> fold_ci4(const vec_t<T> (&q)[4]) {
+  constexpr int L = VecTraits<T>::L;
+  ivec_t<T> even, odd;
+  for (int l = 0; l < L; ++l) even[l] = 2 * l, odd[l] = 2 * l + 1;
+  const vec_t<T> lo = __builtin_shuffle(q[0], q[1], even) + __builtin_shuffle(q[0], q[1], odd);
+  const vec_t<T> hi = __builtin_shuffle(q[2], q[3], even) + __builtin_shuffle(q[2], q[3], odd);
+  return __builtin_shuffle(lo, hi, even) + __builtin_shuffle(lo, hi, odd);
+}
+
+inline vec_t<float> vbroadcast4(const float* p) {
+#if defined(__x86_64__) && EFFCONV_VEC_BYTES == 64
+  const __m512 v = _mm512_broadcast_f32x4(_mm_loadu_ps(p));
+  return reinterpret_cast<const vec_t<float>&>(v);
+#else
+  vec_t<float> v;
+  for (int l = 0; l < VecTraits<float>::L; ++l) v[l] = p[l % 4];
+  return v;
+#endif
+}
+
+template <typename T, int MR>
+inline void igemm_block_ci4(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_t i0, int64_t mv, int64_t t0,
+                            int64_t t1, int64_t k0, int64_t k1, bool first, bool last) {
+  constexpr int L = VecTraits<T>::L;
+  const bool full = mv == MR && col0 + L <= g.ncols && g.c_cstride == 1;
+  vec_t<T> q[MR][4];
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) out[i][v] = acc[i][v];
-    igemm_store_partial<T, MR, NV>(g, out, i0, mv, col0, first, last);
-    return;
-  }
-  // Full blocks of full panels store from registers with compile-time
-  // indices; a runtime row bound would force every accumulator through the
-  // stack first.
-  if (!last) {
+    for (int j = 0; j < 4; ++j) q[i][j] = vec_t<T>{};
+  for (int64_t t = t0; t < t1; ++t) {
+    if (g.a && g.zero) {
+      bool any = false;
+      for (int64_t i = 0; i < mv; ++i) any |= g.a[(i0 + i) * g.ntaps + t] != g.zero;
+      if (!any) continue;
+    }
+    const T* ap[MR];
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < MR; ++i) ap[i] = a_row(g, i0 + (i < mv ? i : mv - 1), t);
+    const T* bt = bp + g.b_off[t];
+#pragma GCC unroll 2
+    for (int64_t k = k0; k < k1; k += 4) {
+      vec_t<T> bv[4];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) vstore(c_row(g, i0 + i) + col0 + v * L, acc[i][v]);
-    return;
+      for (int j = 0; j < 4; ++j) bv[j] = vload(bt + k * L + j * L);
+#pragma GCC unroll 32
+      for (int i = 0; i < MR; ++i) {
+        const vec_t<T> x = vbroadcast4(ap[i] + k);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) q[i][j] += x * bv[j];
+      }
+    }
   }
-  igemm_store_last<T, MR, NV>(g, acc, i0, col0, g.stream && first);  // partial sums were cached: keep them there
+  vec_t<T> acc[MR][1];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i) acc[i][0] = fold_ci4<T>(q[i]);
+  if (first) {
+    if (g.ep.bias) {
+      const vec_t<T> b = vload(g.ep.bias + col0);
+#pragma GCC unroll 32
+      for (int i = 0; i < MR; ++i) acc[i][0] += b;
+    }
+  } else if (full) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) acc[i][0] += vload(c_row(g, i0 + i) + col0);
+  }
+  igemm_block_store<T, MR, 1>(g, acc, i0, mv, col0, full, first, last);
 }
 
 // Panels outside, reduction blocks next, row blocks inside: one reduction
@@ -390,7 +480,7 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
 // L2 while every row of the call streams past it; C holds the partial sums
 // between blocks. Without blocking, a dense 3x3 conv with 256 channels
 // re-read its whole 2.3 MB weight from L3 for every 18 rows.
-template <typename T, int MR, int NV>
+template <typename T, int MR, int NV, bool CI4 = false>
 void igemm_nv(const IGemmArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   constexpr int64_t NR = int64_t(NV) * L;
@@ -417,7 +507,11 @@ void igemm_nv(const IGemmArgs<T>& g) {
               for (int64_t off = 0; off < (k1 - k0) * int64_t(sizeof(T)); off += 64) __builtin_prefetch(row + off);
             }
           }
-          igemm_block<T, MR, NV>(g, bp, col0, i0, g.m - i0 < MR ? g.m - i0 : MR, t0, t1, k0, k1, first, last);
+          const int64_t mv = g.m - i0 < MR ? g.m - i0 : MR;
+          if constexpr (CI4)
+            igemm_block_ci4<T, MR>(g, bp, col0, i0, mv, t0, t1, k0, k1, first, last);
+          else
+            igemm_block<T, MR, NV>(g, bp, col0, i0, mv, t0, t1, k0, k1, first, last);
         }
         k0 = k1;
       } while (k0 < g.kc);
@@ -428,6 +522,9 @@ void igemm_nv(const IGemmArgs<T>& g) {
 
 template <typename T>
 void igemm(const IGemmArgs<T>& g) {
+  if constexpr (kCi4 && std::is_same_v<T, float>) {
+    if (g.ci4) return igemm_nv<T, kMrCi4, 1, true>(g);
+  }
   switch (g.nv) {
     case 1: igemm_nv<T, kMr1, 1>(g); break;
     case 2: igemm_nv<T, kMr2, 2>(g); break;
