@@ -209,6 +209,22 @@ inline T* c_row(const IGemmArgs<T>& g, int64_t i) {
   return (g.c ? g.c[i] : g.c_dense + i * g.ldc) + g.c_off;
 }
 
+// Row operands of tap t for rows [i0, i0 + mv); false when the caller asked
+// for all-padding taps to be skipped (IGemmArgs::zero) and this is one.
+// Rows past the end repeat the last row: always valid memory, never stored.
+template <typename T, int MR>
+__attribute__((always_inline)) inline bool tap_rows(const IGemmArgs<T>& g, int64_t i0, int64_t mv, int64_t t,
+                                                    const T* (&ap)[MR]) {
+  if (g.a && g.zero) {
+    bool any = false;
+    for (int64_t i = 0; i < mv; ++i) any |= g.a[(i0 + i) * g.ntaps + t] != g.zero;
+    if (!any) return false;
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i) ap[i] = a_row(g, i0 + (i < mv ? i : mv - 1), t);
+  return true;
+}
+
 // Partial blocks (last rows, last panel, strided output) index the
 // accumulators at run time. Out of line, so only this path pays for moving
 // them through memory.
@@ -369,15 +385,8 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
       for (int v = 0; v < NV; ++v) acc[i][v] = vload(c_row(g, i0 + i) + col0 + v * L);
   }
   for (int64_t t = t0; t < t1; ++t) {
-    if (g.a && g.zero) {
-      bool any = false;
-      for (int64_t i = 0; i < mv; ++i) any |= g.a[(i0 + i) * g.ntaps + t] != g.zero;
-      if (!any) continue;
-    }
     const T* ap[MR];
-    // Rows past the end repeat the last row: always valid memory, never stored.
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) ap[i] = a_row(g, i0 + (i < mv ? i : mv - 1), t);
+    if (!tap_rows<T, MR>(g, i0, mv, t, ap)) continue;
     const T* bt = bp + g.b_off[t];
 #pragma GCC unroll 4
     for (int64_t k = k0; k < k1; ++k) {
@@ -437,14 +446,8 @@ inline void igemm_block_ci4(const IGemmArgs<T>& g, const T* bp, int64_t col0, in
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) q[i][j] = vec_t<T>{};
   for (int64_t t = t0; t < t1; ++t) {
-    if (g.a && g.zero) {
-      bool any = false;
-      for (int64_t i = 0; i < mv; ++i) any |= g.a[(i0 + i) * g.ntaps + t] != g.zero;
-      if (!any) continue;
-    }
     const T* ap[MR];
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) ap[i] = a_row(g, i0 + (i < mv ? i : mv - 1), t);
+    if (!tap_rows<T, MR>(g, i0, mv, t, ap)) continue;
     const T* bt = bp + g.b_off[t];
 #pragma GCC unroll 2
     for (int64_t k = k0; k < k1; k += 4) {
