@@ -62,7 +62,7 @@ struct IGemmArgs {
   int64_t p_begin = 0, p_end = 0;  // panel range computed by this call
   int64_t ncols = 0;               // valid columns over all panels
   // One-vector panels (nv 1) packed four reduction channels interleaved
-  // (ci4_offset); only where IsaKernels::ci4 says the ISA has the kernel.
+  // (b_offset); only where IsaKernels::ci4 says the ISA has the kernel.
   bool ci4 = false;
 
   // Row pointers: column j of row i is c[i][c_off + j * c_cstride]; when c
@@ -322,6 +322,9 @@ struct DeformColArgs {
   T* grad_mask = nullptr;    // mask's layout (null: not wanted or no mask)
 };
 
+// The ISAs whose igemm has the channel-interleaved kernel (impl.h's kCi4).
+constexpr bool isa_has_ci4(int vec_bytes, int vec_regs) { return vec_bytes == 64 && vec_regs >= 32; }
+
 struct IsaKernels {
   const char* name;
   int vec_bytes;
@@ -361,7 +364,7 @@ struct IsaKernels {
   // and reduction length (AVX-512 float; kc and every k block a multiple of 4).
   template <typename T>
   bool ci4(int nv, int64_t kc, int64_t k_block) const {
-    return sizeof(T) == 4 && vec_bytes == 64 && vec_regs >= 32 && nv == 1 && kc % 4 == 0 && k_block % 4 == 0;
+    return sizeof(T) == 4 && isa_has_ci4(vec_bytes, vec_regs) && nv == 1 && kc % 4 == 0 && k_block % 4 == 0;
   }
   void igemm(const IGemmArgs<float>& a) const { igemm_f32(a); }
   void igemm(const IGemmArgs<double>& a) const { igemm_f64(a); }
@@ -400,10 +403,6 @@ const IsaKernels& isa_kernels();
 // Testing hook: force "avx512" | "avx2" | "baseline"; returns false if this CPU lacks it.
 bool set_isa(const char* name);
 
-// Panel width choice: nv vectors per panel. Fewer padded columns wins, then
-// wider panels: every panel re-reads the rows' A operands, which costs most
-// when the reduction is short (1x1 layers with 16-64 input channels ran
-// 15-25% faster with one 64-wide panel than two 32-wide ones on Zen 5).
 // Where B's value for reduction row r (of a tap's kc, or of all taps': the
 // packing is the same) and panel column n goes in a panel of nr columns:
 // r * nr + n, or with ci4 (nr = lanes) the channel-interleaved order of
@@ -415,6 +414,10 @@ inline int64_t b_offset(int64_t r, int64_t n, int64_t nr, bool ci4) {
   return (r - r % 4) * nr + (n / per) * nr + 4 * (n % per) + r % 4;
 }
 
+// Panel width choice: nv vectors per panel. Fewer padded columns wins, then
+// wider panels: every panel re-reads the rows' A operands, which costs most
+// when the reduction is short (1x1 layers with 16-64 input channels ran
+// 15-25% faster with one 64-wide panel than two 32-wide ones on Zen 5).
 inline int choose_nv(int64_t ncols, int lanes) {
   static const double kEfficiency[5] = {0.0, 0.78, 0.93, 0.97, 1.0};
   int best = 4;

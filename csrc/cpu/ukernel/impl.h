@@ -407,11 +407,11 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
 // One-vector panels (L output columns: ResNeXt's 16-channel groups,
 // SqueezeNet's squeeze) cost igemm_block a broadcast of A per multiply-add.
 // With B packed four reduction channels interleaved (IGemmArgs::ci4,
-// ci4_offset) one broadcast of A[i][k..k+3] into every 4-lane group feeds
+// b_offset) one broadcast of A[i][k..k+3] into every 4-lane group feeds
 // four: accumulator j's lane 4u + v sums column j * L/4 + u over channels
 // k = v (mod 4), and two deinterleave-adds fold the four into one vector
 // of the L columns. AVX-512 float only (kCi4).
-constexpr bool kCi4 = EFFCONV_VEC_BYTES == 64 && EFFCONV_VEC_REGS >= 32;
+constexpr bool kCi4 = isa_has_ci4(EFFCONV_VEC_BYTES, EFFCONV_VEC_REGS);
 constexpr int kMrCi4 = 6;  // 24 accumulators, 4 B vectors, the broadcast
 
 template <typename T>
