@@ -657,6 +657,10 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   const bool transposed = nvt > 0;
   const int nv = transposed ? nvt : choose_nv(Kg, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Kg, nr), kpad = npanels * nr;
+  // Whole panels are read in place from dy (row pitch K); only a zero-padded
+  // last panel needs the packed copy.
+  const bool direct = !transposed && Kg % nr == 0;
+  const int64_t bstride = transposed ? Kg : kpad;  // bias-gradient partial columns per super-group
   // Partials per super-group: [tap][Cin][kpad], or [Cout][tap][Cin] transposed.
   const int64_t gsize = transposed ? Kg * RS * Cg : RS * Cg * kpad;
 
@@ -665,17 +669,17 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   const int64_t nchunks = ceil_div(M, chunk);
   const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nchunks));
   std::vector<T> parts(nparts * G * gsize, T(0));
-  std::vector<T> bparts(dbias ? nparts * s.K : 0, T(0));
+  std::vector<T> bparts(dbias ? nparts * G * bstride : 0, T(0));
   const std::vector<T> zeros(s.C, T(0));
   const T* dyp = dy.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
 
   at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> xi(chunk * RS);
-    std::vector<T> dpack(transposed ? 0 : npanels * chunk * nr);
+    std::vector<T> dpack(transposed || direct ? 0 : npanels * chunk * nr);
     for (int64_t part = begin; part < end; ++part) {
       T* acc = parts.data() + part * G * gsize;
-      T* bacc = dbias ? bparts.data() + part * s.K : nullptr;
+      T* bacc = dbias ? bparts.data() + part * G * bstride : nullptr;
       for (int64_t ch = part * nchunks / nparts; ch < (part + 1) * nchunks / nparts; ++ch) {
         const int64_t m0 = ch * chunk, rows = std::min(chunk, M - m0);
         for (int64_t i = 0; i < rows; ++i) {
@@ -688,10 +692,6 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
               xi[i * RS + kr * s.S + ks] = inside ? xp + ((n * s.H + ih) * s.W + iw) * s.C : zeros.data();
             }
           }
-          if (bacc) {
-            const T* row = dyp + m * s.K;
-            for (int64_t k = 0; k < s.K; ++k) bacc[k] += row[k];
-          }
         }
         for (int64_t g = 0; g < G; ++g) {
           WGemmArgs<T> args;
@@ -702,12 +702,19 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
           args.cg = Cg;
           args.nv = nv;
           args.dw = acc + g * gsize;
+          args.dsum = bacc ? bacc + g * bstride : nullptr;
+          const T* dyg = dyp + m0 * s.K + g * Kg;
           if (transposed) {
-            args.dy = dyp + m0 * s.K + g * Kg;
+            args.dy = dyg;
             args.ldd = s.K;
             args.kcols = Kg;
+          } else if (direct) {
+            args.d = dyg;
+            args.d_panel_stride = nr;
+            args.d_ld = s.K;
+            args.npanels = npanels;
           } else {
-            pack_row_panels(dyp + m0 * s.K + g * Kg, s.K, rows, Kg, nr, dpack.data());
+            pack_row_panels(dyg, s.K, rows, Kg, nr, dpack.data());
             args.d = dpack.data();
             args.d_panel_stride = rows * nr;
             args.npanels = npanels;
@@ -726,26 +733,33 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
       for (int64_t i = b; i < e; ++i) parts[i] += src[i];
     }
   });
-  for (int64_t part = 1; part < nparts; ++part)
-    for (int64_t k = 0; k < int64_t(bparts.size()) / nparts; ++k) bparts[k] += bparts[part * s.K + k];
+  if (dbias)
+    for (int64_t part = 1; part < nparts; ++part)
+      for (int64_t k = 0; k < G * bstride; ++k) bparts[k] += bparts[part * G * bstride + k];
   T* dwp = dw.data_ptr<T>();
   const int64_t s0 = dw.stride(0), s1 = dw.stride(1), s2 = dw.stride(2), s3 = dw.stride(3);
-  // Keep only the block diagonal of each super-group.
+  // Keep only the block diagonal of each super-group. The plain partials
+  // are [tap][Cin][kpad]: output channels run innermost, 16 at a time, so
+  // each read is a cache line and each of the 16 written rows advances
+  // sequentially (one output channel at a time read a column 4*kpad bytes apart).
   at::parallel_for(0, s.K, 16, [&](int64_t b, int64_t e) {
-    for (int64_t ko = b; ko < e; ++ko) {
-      const int64_t g = ko / Kg, k = ko % Kg, c0 = gp.first_input(k);
-      // Element (tap t, input channel c) of output channel k.
-      const T* src = parts.data() + g * gsize + (transposed ? k * RS * Cg : k);
-      const int64_t ld = transposed ? 1 : kpad;
+    for (int64_t kb = b; kb < e; kb += 16) {
+      const int64_t ke = std::min(e, kb + 16);
       for (int64_t c = 0; c < gp.cg; ++c)
         for (int64_t r = 0; r < s.R; ++r)
           for (int64_t q = 0; q < s.S; ++q)
-            dwp[ko * s0 + c * s1 + r * s2 + q * s3] = src[((r * s.S + q) * Cg + c0 + c) * ld];
+            for (int64_t ko = kb; ko < ke; ++ko) {
+              const int64_t g = ko / Kg, k = ko % Kg, cin = gp.first_input(k) + c, t = r * s.S + q;
+              // Element (tap t, input channel cin) of output channel k.
+              const T* src = parts.data() + g * gsize;
+              dwp[ko * s0 + c * s1 + r * s2 + q * s3] =
+                  transposed ? src[(k * RS + t) * Cg + cin] : src[(t * Cg + cin) * kpad + k];
+            }
     }
   });
   if (dbias) {
     T* dbp = dbias->data_ptr<T>();
-    for (int64_t k = 0; k < s.K; ++k) dbp[k * dbias->stride(0)] = bparts[k];
+    for (int64_t k = 0; k < s.K; ++k) dbp[k * dbias->stride(0)] = bparts[(k / Kg) * bstride + k % Kg];
   }
 }
 

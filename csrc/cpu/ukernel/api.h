@@ -97,6 +97,7 @@ struct WGemmArgs {
 
   const T* d = nullptr;
   int64_t d_panel_stride = 0;
+  int64_t d_ld = 0;  // row pitch of D; 0: packed panels (nv * lanes)
   int nv = 1;
   int64_t npanels = 0;
 
@@ -111,6 +112,11 @@ struct WGemmArgs {
   const T* dy = nullptr;
   int64_t ldd = 0;
   int64_t kcols = 0;
+
+  // When set, dsum[k] += sum_m D[m][k] over the columns this call reads
+  // (the panels' npanels * nr, or dy's kcols): the bias gradient, from rows
+  // that are in cache for the GEMM anyway.
+  T* dsum = nullptr;
 };
 
 // Grouped convolution with few channels per group, vectorised across

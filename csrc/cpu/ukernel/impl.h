@@ -549,11 +549,12 @@ void wgemm_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, const T* dp, T* o
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = vec_t<T>{};
+  const int64_t ldd = g.d_ld ? g.d_ld : NR;
   for (int64_t m = 0; m < g.m; ++m) {
     const T* xp = g.x[m * g.ntaps + t] + g.x_off + c0;
     vec_t<T> bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = vload(dp + m * NR + v * L);
+    for (int v = 0; v < NV; ++v) bv[v] = vload(dp + m * ldd + v * L);
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
       const T s = xp[i];
@@ -655,8 +656,44 @@ void wgemm_t_nv(const WGemmArgs<T>& g) {
     }
 }
 
+// acc[j] += sum_m src[m * ld + j] for j < cols.
+template <typename T>
+void colsum(const T* src, int64_t ld, int64_t rows, int64_t cols, T* acc) {
+  constexpr int L = VecTraits<T>::L;
+  int64_t c0 = 0;
+  for (; c0 + 4 * L <= cols; c0 += 4 * L) {
+    vec_t<T> s0{}, s1{}, s2{}, s3{};
+    for (int64_t m = 0; m < rows; ++m) {
+      const T* r = src + m * ld + c0;
+      s0 += vload(r);
+      s1 += vload(r + L);
+      s2 += vload(r + 2 * L);
+      s3 += vload(r + 3 * L);
+    }
+    vstore(acc + c0, vload(acc + c0) + s0);
+    vstore(acc + c0 + L, vload(acc + c0 + L) + s1);
+    vstore(acc + c0 + 2 * L, vload(acc + c0 + 2 * L) + s2);
+    vstore(acc + c0 + 3 * L, vload(acc + c0 + 3 * L) + s3);
+  }
+  for (; c0 < cols; c0 += L) {
+    const int64_t n = std::min<int64_t>(L, cols - c0);
+    vec_t<T> sum{};
+    for (int64_t m = 0; m < rows; ++m) sum += vload_any(src + m * ld + c0, n);
+    vstore_n(acc + c0, vload_any(acc + c0, n) + sum, n);
+  }
+}
+
 template <typename T>
 void wgemm(const WGemmArgs<T>& g) {
+  if (g.dsum) {
+    if (g.dy) {
+      colsum(g.dy, g.ldd, g.m, g.kcols, g.dsum);
+    } else {
+      const int64_t nr = int64_t(g.nv) * VecTraits<T>::L;
+      for (int64_t p = 0; p < g.npanels; ++p)
+        colsum(g.d + p * g.d_panel_stride, g.d_ld ? g.d_ld : nr, g.m, nr, g.dsum + p * nr);
+    }
+  }
   if (g.dy) {
     switch (g.nv) {
       case 1: wgemm_t_nv<T, kMr1, 1>(g); break;
