@@ -574,8 +574,11 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
         // This panel's columns [p * nr, p * nr + nr) among k's inputs.
         const int64_t c0 = gp.first_input(k);
         const int64_t lo = std::max(c0, p * nr), hi = std::min({c0 + gp.cg, p * nr + nr, Cg});
-        for (int64_t c = lo; c < hi; ++c)
-          for (int64_t t = 0; t < RS; ++t) dst[b_offset(t * Kg + k, c - p * nr, nr, ci4)] = src[(c - c0) * RS + t];
+        if (RS == 1 && !ci4 && hi > lo)  // 1x1: the panel row is a contiguous run of the weight row
+          std::copy(src + (lo - c0), src + (hi - c0), dst + k * nr + (lo - p * nr));
+        else
+          for (int64_t c = lo; c < hi; ++c)
+            for (int64_t t = 0; t < RS; ++t) dst[b_offset(t * Kg + k, c - p * nr, nr, ci4)] = src[(c - c0) * RS + t];
       }
     }
   });
