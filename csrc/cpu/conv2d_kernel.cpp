@@ -746,18 +746,24 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   // each read is a cache line and each of the 16 written rows advances
   // sequentially (one output channel at a time read a column 4*kpad bytes apart).
   at::parallel_for(0, s.K, 16, [&](int64_t b, int64_t e) {
+    const T* src[16];
+    T* dst[16];
     for (int64_t kb = b; kb < e; kb += 16) {
-      const int64_t ke = std::min(e, kb + 16);
+      const int64_t n = std::min<int64_t>(16, e - kb);
+      for (int64_t i = 0; i < n; ++i) {
+        // Output channel ko's element (tap t, its input channel c) lies at
+        // src[i] + (t * Cg + c) * kpad, or src[i] + t * Cg + c transposed.
+        const int64_t ko = kb + i, g = ko / Kg, k = ko % Kg, c0 = gp.first_input(k);
+        src[i] = parts.data() + g * gsize + (transposed ? k * RS * Cg + c0 : c0 * kpad + k);
+        dst[i] = dwp + ko * s0;
+      }
+      const int64_t ld = transposed ? 1 : kpad;
       for (int64_t c = 0; c < gp.cg; ++c)
         for (int64_t r = 0; r < s.R; ++r)
-          for (int64_t q = 0; q < s.S; ++q)
-            for (int64_t ko = kb; ko < ke; ++ko) {
-              const int64_t g = ko / Kg, k = ko % Kg, cin = gp.first_input(k) + c, t = r * s.S + q;
-              // Element (tap t, input channel cin) of output channel k.
-              const T* src = parts.data() + g * gsize;
-              dwp[ko * s0 + c * s1 + r * s2 + q * s3] =
-                  transposed ? src[(k * RS + t) * Cg + cin] : src[(t * Cg + cin) * kpad + k];
-            }
+          for (int64_t q = 0; q < s.S; ++q) {
+            const int64_t from = ((r * s.S + q) * Cg + c) * ld, to = c * s1 + r * s2 + q * s3;
+            for (int64_t i = 0; i < n; ++i) dst[i][to] = src[i][from];
+          }
     }
   });
   if (dbias) {
