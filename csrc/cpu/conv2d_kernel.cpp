@@ -441,8 +441,11 @@ std::vector<ResidueClass> residue_classes(const Conv2dShape& s, int64_t mc, int6
       rc.wc = ceil_div(s.W - aw, s.stride_w);
       rc.rows = s.N * rc.hc * rc.wc;
       rc.first_tile = tiles;
-      for (int64_t kr = 0; kr < s.R; ++kr)
-        for (int64_t ks = 0; ks < s.S; ++ks)
+      // Taps in reverse, so the grad_output pixels they read ascend in
+      // memory (tap (r, s) reads row hi - r, column wi - s), as the forward's
+      // do: descending, ResNeXt's grouped grad_input ran 10-30% slower.
+      for (int64_t kr = s.R - 1; kr >= 0; --kr)
+        for (int64_t ks = s.S - 1; ks >= 0; --ks)
           if (conv_tap_hits_residue(ah, kr, s.stride_h, s.pad_h, s.dil_h) &&
               conv_tap_hits_residue(aw, ks, s.stride_w, s.pad_w, s.dil_w))
             rc.taps.push_back(kr * s.S + ks);
