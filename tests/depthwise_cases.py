@@ -29,5 +29,8 @@ DW_CASES = [
     dw("dw3x3_batch0", 0, 32, 9, 11, 3, 3, padding=1),
     dw("dw3x3_big_plane", 1, 16, 40, 40, 3, 3, padding=1),  # NCHW plane path (>= 1024 outputs)
     dw("dw3x3_s2_big_plane", 1, 16, 70, 66, 3, 3, stride=2, padding=1),
+    # grad_input by residue class: input pixels no tap reaches (stride > kernel), mixed strides.
+    dw("dw1x1_s3", 1, 16, 8, 10, 1, 1, stride=3),
+    dw("dw3x3_s13", 1, 24, 9, 11, 3, 3, stride=(1, 3), padding=1),
 ]
 DW_BY_NAME = {c.name: c for c in DW_CASES}
