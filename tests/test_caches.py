@@ -45,6 +45,24 @@ def test_new_weight_at_a_freed_address_is_not_confused():
         gc.collect()
 
 
+def test_channels_last_weights_are_packed_once_and_follow_updates():
+    # convert(model).to(memory_format=torch.channels_last) leaves 3x3 weights
+    # channels_last (not contiguous): they are cached like contiguous ones.
+    from effconv import _ext
+
+    x = torch.randn(1, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 16, 3, 3).contiguous(memory_format=torch.channels_last)
+    _ext.C().clear_weight_cache_cpu()
+    with torch.no_grad():
+        assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144)
+        assert _ext.C().clear_weight_cache_cpu() > 0
+        conv(x, w)
+        w.mul_(-2.0)
+        assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144, "after an in-place update")
+        w.data.add_(1.0)  # bypasses the version counter; the byte snapshot catches it
+        assert_close(conv(x, w), F.conv2d(x.double(), w.double(), None, 1, 1), 144, "after a .data write")
+
+
 def test_inference_mode_weights_and_empty_cache():
     x = torch.randn(1, 16, 7, 7)
     with torch.inference_mode():

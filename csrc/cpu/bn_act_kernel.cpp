@@ -24,7 +24,7 @@ template <typename T>
 std::vector<T> channel_values(const c10::optional<at::Tensor>& v, int64_t C, T fill) {
   std::vector<T> out(C, fill);
   if (v.has_value() && v->defined()) {
-    const at::Tensor t = v->to(c10::CppTypeToScalarType<T>::value).contiguous();
+    const at::Tensor t = contiguous_as<T>(*v);
     for (int64_t c = 0; c < C; ++c) out[c] = t.data_ptr<T>()[c];
   }
   return out;

@@ -24,6 +24,12 @@ inline at::Tensor as_nhwc(const at::Tensor& t, at::ScalarType ct) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// A contiguous copy of t in T (t itself when it already is one).
+template <typename T>
+at::Tensor contiguous_as(const at::Tensor& t) {
+  return t.to(c10::CppTypeToScalarType<T>::value).contiguous();
+}
+
 // Kernels write in the compute dtype. When the caller's output has another
 // dtype (float16/bfloat16), they write into a twin with the same strides that
 // commit() copies back.
@@ -49,7 +55,7 @@ std::vector<T> padded_channel_vector(const c10::optional<at::Tensor>& v, int64_t
                                      int64_t padded_per_group, T fill) {
   std::vector<T> out;
   if (!v.has_value() || !v->defined()) return out;
-  const at::Tensor src = v->to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const at::Tensor src = contiguous_as<T>(*v);
   TORCH_CHECK(src.numel() == groups * per_group, "expected an epilogue vector of ", groups * per_group,
               " elements, got ", src.numel());
   const T* s = src.data_ptr<T>();

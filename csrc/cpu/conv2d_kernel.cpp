@@ -249,7 +249,7 @@ void build_merged_rows(const Conv2dShape& s, const T* xp, const T* zrow, T* op, 
 
 // ---------------------------------------------------------------------------
 template <typename T>
-void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& weight_key, const Conv2dShape& s,
+void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                    const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
                    const c10::optional<at::Tensor>& stats) {
@@ -257,7 +257,6 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   const int lanes = isa.lanes<T>();
   const int64_t RS = s.taps(), M = s.N * s.P * s.Q;
   const T* xp = x.data_ptr<T>();
-  const T* ws = w.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const int64_t ostride[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
   const int64_t ok = ostride[1];
@@ -269,7 +268,9 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   if (use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes)) {
     const int64_t Cg = s.cin_per_group(), Kg = s.cout_per_group();
     const int64_t nvb = ceil_div(s.K, lanes), kpad = nvb * lanes;
-    const auto wp_cached = packed_weight<T>(weight_key, {0, s.K, RS, Cg, lanes}, [&] {
+    const auto wp_cached = packed_weight<T>(weight, {0, s.K, RS, Cg, lanes}, [&] {
+      const at::Tensor wc = contiguous_as<T>(weight);
+      const T* ws = wc.data_ptr<T>();
       return pack_gconv_weight<T>(s.K, RS, Cg, lanes, [&](int64_t k, int64_t c, int64_t t) {
         return ws[(k * Cg + c) * RS + t];
       });
@@ -332,7 +333,9 @@ void forward_typed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
 
   // Weight panels: [super-group][panel][tap][Cin][nr] (b_offset's order
   // within a panel), zero beyond Cout and off the block diagonal.
-  const auto wp_cached = packed_weight<T>(weight_key, {1, G, Cg, Kg, nr, RS, gp.cg, ci4}, [&] {
+  const auto wp_cached = packed_weight<T>(weight, {1, G, Cg, Kg, nr, RS, gp.cg, ci4}, [&] {
+    const at::Tensor wc = contiguous_as<T>(weight);
+    const T* ws = wc.data_ptr<T>();
     std::vector<T> wp(G * gstride, T(0));
     at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
       for (int64_t item = b; item < e; ++item) {
@@ -800,12 +803,12 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
   if (out.numel() == 0) return;
   const at::ScalarType ct = compute_type(input.scalar_type());
   const at::Tensor x = as_nhwc(input, ct);
-  const at::Tensor w = weight.to(ct).contiguous();
   OutBuffer ob(out, ct);
+  // The weight is read (converted and made contiguous) only when it is packed.
   if (ct == at::kDouble)
-    forward_typed<double>(x, w, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
+    forward_typed<double>(x, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
   else
-    forward_typed<float>(x, w, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
+    forward_typed<float>(x, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
   ob.commit();
 }
 

@@ -73,7 +73,7 @@ DeformColArgs<T> col_args(const DeformShape& g, const T* x, const T* off, const 
 // dY @ W_g^T. Zero beyond the last column.
 template <typename T>
 std::vector<T> pack_weight_panels(const at::Tensor& weight, const DeformShape& g, int64_t nr, bool transposed) {
-  const at::Tensor w = weight.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const at::Tensor w = contiguous_as<T>(weight);
   const T* ws = w.data_ptr<T>();
   const int64_t cg = g.cg(), kg = g.kg(), taps = g.taps(), kc = taps * cg;
   const int64_t rows = transposed ? kg : kc, cols = transposed ? kc : kg, npanels = ceil_div(cols, nr);

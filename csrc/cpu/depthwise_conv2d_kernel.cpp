@@ -33,7 +33,7 @@ namespace {
 // Weights as [tap][cpad], channel-contiguous and zero-padded to whole vectors.
 template <typename T>
 std::vector<T> pack_depthwise_weight(const at::Tensor& weight, int64_t taps, int64_t cpad) {
-  const at::Tensor w = weight.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const at::Tensor w = contiguous_as<T>(weight);
   const T* src = w.data_ptr<T>();
   const int64_t K = weight.size(0);
   std::vector<T> out(taps * cpad, T(0));
@@ -124,7 +124,7 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
   const IsaKernels& isa = isa_kernels();
   const int64_t L = isa.lanes<T>(), RS = s.taps();
   const int64_t mult = s.K / s.C;
-  const at::Tensor wt = weight.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const at::Tensor wt = contiguous_as<T>(weight);
   const T* wsrc = wt.data_ptr<T>();
   const std::vector<T> bias_v = padded_channel_vector<T>(bias, 1, s.K, s.K, T(0));
   const std::vector<T> scale_v = padded_channel_vector<T>(scale, 1, s.K, s.K, T(1));

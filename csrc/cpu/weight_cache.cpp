@@ -64,9 +64,10 @@ Packed cached_pack(const at::Tensor& weight, std::vector<int64_t> params, const 
   // on every hit: writes through `.data` (gradcheck's perturbations, some
   // weight-loading code) bypass the version counter. Reading the weight once
   // costs far less than repacking it.
-  if (weight.is_inference() || c.limit == 0 || at::GradMode::is_enabled() || !weight.is_contiguous())
+  if (weight.is_inference() || c.limit == 0 || at::GradMode::is_enabled() || !weight.is_non_overlapping_and_dense())
     return pack();
   params.push_back(static_cast<int64_t>(weight.scalar_type()));
+  for (int64_t st : weight.strides()) params.push_back(st);  // channels_last weights pack the same values
   params.push_back(reinterpret_cast<intptr_t>(isa_kernels().name));  // a forced ISA changes the panels
   const int64_t version = weight._version();
   c10::TensorImpl* impl = weight.unsafeGetTensorImpl();
