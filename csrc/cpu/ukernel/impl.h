@@ -426,7 +426,12 @@ inline vec_t<T> fold_ci4(const vec_t<T> (&q)[4]) {
 
 inline vec_t<float> vbroadcast4(const float* p) {
 #if defined(__x86_64__) && EFFCONV_VEC_BYTES == 64
+  // GCC 12's own _mm512_broadcast_f32x4 reads an undefined source register
+  // and warns (-Wmaybe-uninitialized) at every use; the intrinsic is fine.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
   const __m512 v = _mm512_broadcast_f32x4(_mm_loadu_ps(p));
+#pragma GCC diagnostic pop
   return reinterpret_cast<const vec_t<float>&>(v);
 #else
   vec_t<float> v;
