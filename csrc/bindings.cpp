@@ -45,6 +45,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Name of the ISA build of the CPU microkernels in use.");
   m.def("set_cpu_isa", [](const std::string& name) { return effconv::cpu::set_isa(name.c_str()); },
         "Force 'avx512', 'avx2' or 'baseline' (tests); returns False if this CPU lacks it.");
+  m.def("set_cpu_winograd", &effconv::cpu::set_winograd,
+        "Turn the CPU conv2d's Winograd F(2x2, 3x3) forward on or off; returns the previous setting.");
+  m.def("cpu_winograd", &effconv::cpu::winograd_enabled,
+        "Whether the CPU conv2d's Winograd forward is on (EFFCONV_CPU_WINOGRAD=0 turns it off).");
+  m.def("cpu_winograd_shape", &effconv::cpu::winograd_shape,
+        "Whether a conv of this shape (C, K, R, S, stride_h, stride_w, dil_h, dil_w, groups) qualifies for "
+        "the CPU Winograd forward (with a channels_last output, when it is on).");
 
 #ifdef EFFCONV_WITH_CUDA
   m.attr("with_cuda") = true;

@@ -97,7 +97,7 @@ def test_conv2d_low_precision(case, dtype, gen):
 
 @pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu"])
 @pytest.mark.parametrize("epilogue", [False, True], ids=["bias_only", "scale_shift"])
-@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("pw1x1", "3x3_s2", "g4_uneven")])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("pw1x1", "3x3_s2", "g4_uneven", "winograd_3x3")])
 def test_conv2d_epilogue(case, epilogue, activation, gen):
     run_case(case, torch.float32, "channels_last", gen=gen, activation=activation, epilogue=epilogue)
 
@@ -110,6 +110,54 @@ def test_pointwise_streamed_outputs(dtype, gen):
     x, y, grads = run_case(case, dtype, "channels_last", gen=gen, dy_like_output=True)
     assert y.numel() * y.element_size() > 8 << 20 and grads[0].numel() * grads[0].element_size() > 8 << 20
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_3x3", "winograd_p0_tails_nobias",
+                                                               "wide_channels")])
+def test_winograd_matches_direct(case, gen):
+    """The Winograd forward and the direct kernel agree (each is also checked
+    against float64 in the grid); its error stays within a few times the
+    direct kernel's, and it is not the direct kernel in disguise."""
+    C = _ext.C()
+    assert C.cpu_winograd_shape(case.C, case.K, case.R, case.S, 1, 1, 1, 1, case.groups)
+    x = make_input(case.input_shape, torch.float32, "channels_last", gen)
+    w = torch.randn(case.weight_shape, generator=gen) / 3
+    b = torch.randn(case.K, generator=gen)
+    ref = F.conv2d(x.double(), w.double(), b.double(), 1, case.padding)
+    wino = effconv.functional.conv2d(x, w, b, 1, case.padding)
+    before = C.set_cpu_winograd(False)
+    try:
+        direct = effconv.functional.conv2d(x, w, b, 1, case.padding)
+    finally:
+        C.set_cpu_winograd(before)
+    err_w = (wino.double() - ref).abs().max().item()
+    err_d = (direct.double() - ref).abs().max().item()
+    assert not torch.equal(wino, direct), "both calls ran the same kernel"
+    assert err_w <= 8 * err_d + 1e-6, f"Winograd error {err_w:.3g} vs direct {err_d:.3g}"
+
+
+def test_winograd_statistics_and_concat_outputs(gen):
+    """Winograd epilogue variants beyond the grid: batch statistics for
+    training-mode BatchNorm (conv-BN op) and an output that is a channel
+    range of a wider concatenation (conv2d_cat)."""
+    x = make_input((2, 16, 7, 9), torch.float32, "channels_last", gen)
+    convs = [(torch.randn(32, 16, 3, 3, generator=gen) / 3, torch.randn(32, generator=gen)),
+             (torch.randn(48, 16, 3, 3, generator=gen) / 3, torch.randn(48, generator=gen))]
+    with torch.no_grad():
+        y = effconv.functional.conv2d_cat(x, [w for w, _ in convs], [b for _, b in convs], paddings=[1, 1],
+                                          activation="relu")
+    ref = torch.cat([F.conv2d(x.double(), w.double(), b.double(), 1, 1) for w, b in convs], 1).relu()
+    assert_close(y, ref, 16 * 9)
+
+    conv = effconv.ConvBNAct2d(16, 40, 3, padding=1, activation="relu6")
+    seq = torch.nn.Sequential(torch.nn.Conv2d(16, 40, 3, padding=1, bias=False), torch.nn.BatchNorm2d(40),
+                              torch.nn.ReLU6()).double()
+    seq.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in conv.state_dict().items()})
+    out = conv(x)
+    out_ref = seq(x.double())
+    assert_close(out, out_ref, 16 * 9)
+    assert_close(conv[1].running_mean, seq[1].running_mean, 2 * 7 * 9)
+    assert_close(conv[1].running_var, seq[1].running_var, 2 * 7 * 9)
 
 
 def test_unbatched_input(gen):
@@ -174,7 +222,8 @@ def other_isa(request):
 
 
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in (
-    "pw1x1", "3x3_s2", "g32_resnext", "wide_channels", "rows_merged_dil21", "narrow_out_3x3")])
+    "pw1x1", "3x3_s2", "g32_resnext", "wide_channels", "rows_merged_dil21", "narrow_out_3x3",
+    "winograd_p0_tails_nobias")])
 def test_other_isa_builds(other_isa, case, gen):
     run_case(case, torch.float32, "channels_last", gen=gen, activation="silu", epilogue=True)
     run_case(case, torch.float64, "nchw", gen=gen)

@@ -13,6 +13,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "common.h"
@@ -248,6 +251,168 @@ void build_merged_rows(const Conv2dShape& s, const T* xp, const T* zrow, T* op, 
 }
 
 // ---------------------------------------------------------------------------
+// Winograd F(2x2, 3x3) forward (WinoArgs in ukernel/api.h): per block of
+// output tiles, the input transform into V (16 x tiles x C), then per column
+// panel the 16 GEMMs V[e] x U[e] into M (16 x tiles x nr) with the igemm
+// microkernel, then the output transform with the fused epilogue. V and one
+// panel of M stay in L2; U (16 x C x K, 16/9 of the weight) is packed once
+// into the weight cache.
+
+template <typename T>
+void forward_winograd(const T* xp, const at::Tensor& weight, const Conv2dShape& s,
+                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                      const c10::optional<at::Tensor>& shift, int act, T* op, const int64_t* ostride,
+                      const c10::optional<at::Tensor>& stats) {
+  const IsaKernels& isa = isa_kernels();
+  const int lanes = isa.lanes<T>();
+  const int64_t C = s.C, K = s.K;
+  const int nv = choose_nv(K, lanes);
+  const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(K, nr), kpad = npanels * nr;
+  const ReductionBlocking rb = reduction_blocking(1, C, nr, sizeof(T));
+  const bool ci4 = isa.ci4<T>(nv, C, rb.k);
+  const int64_t panel_stride = C * nr, estride = npanels * panel_stride;
+
+  // U[e][panel][c][nr] = (G g G^T)[e] of weight (k, c), computed in double;
+  // G's rows are (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1).
+  const auto u_cached = packed_weight<T>(weight, {4, C, K, nr, ci4}, [&] {
+    const at::Tensor wc = contiguous_as<T>(weight);
+    const T* ws = wc.data_ptr<T>();
+    std::vector<T> u(16 * estride, T(0));
+    at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k)
+        for (int64_t c = 0; c < C; ++c) {
+          const T* g = ws + (k * C + c) * 9;
+          double gg[4][3], u4[4][4];
+          for (int j = 0; j < 3; ++j) {
+            const double g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
+            gg[0][j] = g0;
+            gg[1][j] = 0.5 * (g0 + g1 + g2);
+            gg[2][j] = 0.5 * (g0 - g1 + g2);
+            gg[3][j] = g2;
+          }
+          for (int r = 0; r < 4; ++r) {
+            const double g0 = gg[r][0], g1 = gg[r][1], g2 = gg[r][2];
+            u4[r][0] = g0;
+            u4[r][1] = 0.5 * (g0 + g1 + g2);
+            u4[r][2] = 0.5 * (g0 - g1 + g2);
+            u4[r][3] = g2;
+          }
+          const int64_t p = k / nr, j = k % nr;
+          for (int el = 0; el < 16; ++el)
+            u[el * estride + p * panel_stride + b_offset(c, j, nr, ci4)] = T(u4[el / 4][el % 4]);
+        }
+    });
+    return u;
+  });
+  const std::vector<T>& u = *u_cached;
+  const std::vector<T> bias_p = padded_channel_vector<T>(bias, 1, K, kpad, T(0));
+  const std::vector<T> scale_p = padded_channel_vector<T>(scale, 1, K, kpad, T(1));
+  const std::vector<T> shift_p = padded_channel_vector<T>(shift, 1, K, kpad, T(0));
+  const int64_t ldv = ceil_div(C, lanes) * lanes;
+  const std::vector<T> zeros(ldv, T(0));
+
+  const int64_t TH = ceil_div(s.P, 2), TW = ceil_div(s.Q, 2), ntiles = s.N * TH * TW;
+  const int mr = isa.mr(nv);
+  // Tiles per block: V and one panel of M within ~192 KB each (rows_per_tile's budget).
+  const int64_t tb = std::min<int64_t>(kWinoMaxTiles / mr * mr,
+                                       rows_per_tile(ntiles, 16 * std::max<int64_t>(ldv, nr), sizeof(T), mr));
+  const int64_t blocks = ceil_div(ntiles, tb);
+  int64_t unused, psplit;
+  split_columns(blocks, 1, npanels, unused, psplit);
+  const int64_t v_stride = tb * ldv, m_stride = tb * nr;
+  StatsPartials partials(stats, kpad);
+
+  IGemmArgs<T> gemm;
+  const int64_t b_off0 = 0;
+  gemm.ntaps = 1;
+  gemm.kc = C;
+  gemm.lda = ldv;
+  gemm.b_off = &b_off0;
+  gemm.panel_stride = panel_stride;
+  gemm.nv = nv;
+  gemm.ci4 = ci4;
+  gemm.tap_block = 1;
+  gemm.k_block = rb.k;
+  gemm.ncols = K;
+  gemm.ldc = nr;
+
+  WinoArgs<T> wa;
+  wa.TH = TH;
+  wa.TW = TW;
+  wa.x = xp;
+  wa.x_end = xp + s.N * s.H * s.W * C;
+  wa.ldv = ldv;
+  wa.zero = zeros.data();
+  wa.H = s.H;
+  wa.W = s.W;
+  wa.C = C;
+  wa.pad_h = s.pad_h;
+  wa.pad_w = s.pad_w;
+  wa.v_stride = v_stride;
+  wa.m_stride = m_stride;
+  wa.ldm = nr;
+  wa.out = op;
+  wa.os_n = ostride[0];
+  wa.os_h = ostride[2];
+  wa.os_w = ostride[3];
+  wa.P = s.P;
+  wa.Q = s.Q;
+  wa.ep = {bias_p.empty() ? nullptr : bias_p.data(), scale_p.empty() ? nullptr : scale_p.data(),
+           shift_p.empty() ? nullptr : shift_p.data(), act};
+
+  at::parallel_for(0, blocks * psplit, 1, [&](int64_t begin, int64_t end) {
+    // 64-byte aligned scratch, kept per thread: V and one panel of M.
+    thread_local std::vector<char> scratch;
+    const size_t need = (16 * (v_stride + m_stride)) * sizeof(T) + 64;
+    if (scratch.size() < need) scratch.resize(need);
+    T* v = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+    T* m = v + 16 * v_stride;
+    int64_t transformed = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t blk = item / psplit, ps = item % psplit;
+      WinoArgs<T> w = wa;
+      w.t0 = blk * tb;
+      w.nt = std::min(tb, ntiles - w.t0);
+      w.v = v;
+      w.m = m;
+      w.ep.stat_sum = partials.sum();
+      w.ep.stat_sq = partials.sq();
+      if (blk != transformed) {
+        isa.wino_input(w);
+        transformed = blk;
+      }
+      IGemmArgs<T> g = gemm;
+      g.m = w.nt;
+      for (int64_t p = ps * npanels / psplit; p < (ps + 1) * npanels / psplit; ++p) {
+        g.p_begin = p;
+        g.p_end = p + 1;
+        g.c_off = -p * nr;
+        for (int el = 0; el < 16; ++el) {
+          g.a_dense = v + el * v_stride;
+          g.b = u.data() + el * estride;
+          g.c_dense = m + el * m_stride;
+          isa.igemm(g);
+        }
+        w.col0 = p * nr;
+        w.col_end = std::min(K, (p + 1) * nr);
+        isa.wino_output(w);
+      }
+    }
+  });
+  partials.finish(K, [](int64_t k) { return k; });
+}
+
+std::atomic<bool> g_winograd{[] {
+  const char* env = std::getenv("EFFCONV_CPU_WINOGRAD");
+  return !(env && std::string(env) == "0");
+}()};
+
+bool use_winograd(const Conv2dShape& s) {
+  return g_winograd.load(std::memory_order_relaxed) && winograd_shape(s.C, s.K, s.R, s.S, s.stride_h, s.stride_w,
+                                                                      s.dil_h, s.dil_w, s.groups);
+}
+
+// ---------------------------------------------------------------------------
 template <typename T>
 void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
@@ -265,6 +430,10 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
     build_forward_rows<T>(s, xp, op, ostride, zeros.data(), m0, rows, a, c);
   };
 
+  if (use_winograd(s) && ok == 1) {
+    forward_winograd<T>(xp, weight, s, bias, scale, shift, act, op, ostride, stats);
+    return;
+  }
   if (use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes)) {
     const int64_t Cg = s.cin_per_group(), Kg = s.cout_per_group();
     const int64_t nvb = ceil_div(s.K, lanes), kpad = nvb * lanes;
@@ -790,6 +959,15 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
 }  // namespace
 
 // ---------------------------------------------------------------------------
+bool winograd_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t dil_h,
+                    int64_t dil_w, int64_t groups) {
+  return R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 &&
+         C >= kWinogradMinIn && K >= kWinogradMinOut;
+}
+
+bool set_winograd(bool on) { return g_winograd.exchange(on); }
+bool winograd_enabled() { return g_winograd.load(); }
+
 void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,

@@ -14,6 +14,19 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                     int64_t activation, at::Tensor& out, const c10::optional<at::Tensor>& stats = c10::nullopt);
 
+// Whether the forward of a conv of this shape runs as Winograd F(2x2, 3x3)
+// (when its output is channels_last; conv2d_kernel.cpp): 3x3, stride 1,
+// dilation 1, one group, at least kWinogradMinIn input and kWinogradMinOut
+// output channels (below them the transforms cost more than the 2.25x fewer
+// multiply-adds save: 16->16 ran 0.8x, 32->16 and 16->32 1.06-1.09x of the
+// direct kernel on Zen 5). EFFCONV_CPU_WINOGRAD=0 or set_winograd(false)
+// turns it off (set_winograd returns the previous setting).
+constexpr int64_t kWinogradMinIn = 16, kWinogradMinOut = 32;
+bool winograd_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t dil_h,
+                    int64_t dil_w, int64_t groups);
+bool set_winograd(bool on);
+bool winograd_enabled();
+
 void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::Tensor& grad_input);
 

@@ -65,6 +65,8 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
         kind = "1x1 GEMM"
     else:
         kind = f"implicit GEMM {r}x{s}"
+        if _ext.available() and _c().cpu_winograd() and _c().cpu_winograd_shape(cg * groups, k, r, s, *stride, *dilation, groups):
+            kind += "; C++: Winograd F(2x2,3x3) forward for channels_last outputs"
     return kind + (f", groups={groups}" if groups > 1 else "")
 
 

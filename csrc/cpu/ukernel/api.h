@@ -328,6 +328,46 @@ struct DeformColArgs {
   T* grad_mask = nullptr;    // mask's layout (null: not wanted or no mask)
 };
 
+// Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
+// Neural Networks", 2016) for 3x3 stride-1 convs. Output tile (n, ti, tj) is
+// the 2x2 block of pixels (2ti + a, 2tj + b); with d_c its 4x4 input patch
+// of channel c (rows 2ti - pad_h .., columns 2tj - pad_w .., zero outside):
+//
+//   Y = A^T [ sum_c U_c (*) (B^T d_c B) ] A,   U_c = G g_c G^T   ((*): elementwise)
+//
+// so the 16 elements e = 4 * row + col of the transformed tile are 16
+// independent GEMMs (tiles x C times C x K) at 4 multiply-adds per output
+// pixel and channel pair instead of 9. These kernels are the transforms
+// around those GEMMs, over a block of nt consecutive tiles of the
+// N x TH x TW tile grid starting at t0:
+//   wino_input:  V[e][i][c] = (B^T d B)[e] of tile t0 + i, channel c
+//   wino_output: out pixels of tile t0 + i, channels [col0, col_end)
+//                = epilogue((A^T M A)) with M[e][i][j] the GEMMs' results
+// The coefficients are 0, +-1 and +-1/2 (the 1/2 folded into U), so fp32
+// rounding stays within a small factor of direct summation's.
+constexpr int64_t kWinoMaxTiles = 96;  // tiles per block (the kernels' stack arrays)
+
+template <typename T>
+struct WinoArgs {
+  int64_t t0 = 0, nt = 0;   // nt <= kWinoMaxTiles
+  int64_t TH = 0, TW = 0;   // tile grid per image
+  // input transform: x channels_last, dense: pixel (n, h, w) at x + ((n * H + h) * W + w) * C
+  const T* x = nullptr;
+  const T* x_end = nullptr;  // one past the tensor's last element
+  const T* zero = nullptr;   // ldv zeros, read for patch pixels in the padding
+  int64_t H = 0, W = 0, C = 0, pad_h = 0, pad_w = 0;
+  T* v = nullptr;            // V[e][i][c] at v + e * v_stride + i * ldv + c
+  int64_t v_stride = 0;
+  int64_t ldv = 0;           // C rounded up to whole vectors
+  // output transform: out pixel (n, p, q), channel k at out + n * os_n + p * os_h + q * os_w + k
+  const T* m = nullptr;     // M[e][i][j] at m + e * m_stride + i * ldm + j, j = k - col0
+  int64_t m_stride = 0, ldm = 0;
+  int64_t col0 = 0, col_end = 0;
+  T* out = nullptr;
+  int64_t os_n = 0, os_h = 0, os_w = 0, P = 0, Q = 0;
+  EpilogueArgs<T> ep;       // padded to a whole number of vectors past col_end
+};
+
 // The ISAs whose igemm has the channel-interleaved kernel (impl.h's kCi4).
 constexpr bool isa_has_ci4(int vec_bytes, int vec_regs) { return vec_bytes == 64 && vec_regs >= 32; }
 
@@ -360,6 +400,10 @@ struct IsaKernels {
   void (*deform_col_f64)(const DeformColArgs<double>&);
   void (*deform_col_backward_f32)(const DeformColArgs<float>&);
   void (*deform_col_backward_f64)(const DeformColArgs<double>&);
+  void (*wino_input_f32)(const WinoArgs<float>&);
+  void (*wino_input_f64)(const WinoArgs<double>&);
+  void (*wino_output_f32)(const WinoArgs<float>&);
+  void (*wino_output_f64)(const WinoArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -396,6 +440,10 @@ struct IsaKernels {
   void deform_col(const DeformColArgs<double>& a) const { deform_col_f64(a); }
   void deform_col_backward(const DeformColArgs<float>& a) const { deform_col_backward_f32(a); }
   void deform_col_backward(const DeformColArgs<double>& a) const { deform_col_backward_f64(a); }
+  void wino_input(const WinoArgs<float>& a) const { wino_input_f32(a); }
+  void wino_input(const WinoArgs<double>& a) const { wino_input_f64(a); }
+  void wino_output(const WinoArgs<float>& a) const { wino_output_f32(a); }
+  void wino_output(const WinoArgs<double>& a) const { wino_output_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;

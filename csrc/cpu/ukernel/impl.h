@@ -1440,6 +1440,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
 }  // namespace effconv
 
 #include "ukernel/deform_impl.h"
+#include "ukernel/wino_impl.h"
 
 #define EFFCONV_DEFINE_ISA(var, isa_name)                                                    \
   namespace effconv {                                                                        \
@@ -1453,6 +1454,8 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &dwrow<double>,   &dwwgrad<float>,      &dwwgrad<double>,          \
                           &bnact_reduce<float>, &bnact_reduce<double>, &bnact_apply<float>,  \
                           &bnact_apply<double>, &deform_col<float>, &deform_col<double>,     \
-                          &deform_col_backward<float>, &deform_col_backward<double>};        \
+                          &deform_col_backward<float>, &deform_col_backward<double>,         \
+                          &wino_input<float>, &wino_input<double>,                           \
+                          &wino_output<float>, &wino_output<double>};                        \
   }                                                                                          \
   }
