@@ -74,12 +74,13 @@ CASES = [
     # CPU forward splits its 9 taps of 320 channels into blocks).
     Case("narrow_out_blocked", 2, 320, 5, 7, 16, 3, 3, padding=1),
     # 3x3 stride-1 convs with >= 16 in / 32 out channels: the CPU forward runs
-    # Winograd F(2x2, 3x3) on channels_last outputs. Odd output sizes leave
-    # tiles hanging over the last row and column; 40 and 33 output channels
-    # end in a partial vector; 20 input channels in a partial input vector.
+    # Winograd F(2x2, 3x3) on channels_last outputs, and so does grad_input
+    # when the transposed conv qualifies (>= 16 out / 32 in channels, padding
+    # <= 2). Odd sizes leave tiles hanging over the last row and column; 40,
+    # 36 and 33 channels end in partial vectors of the GEMM or the transforms.
     Case("winograd_3x3", 2, 16, 9, 11, 40, 3, 3, padding=1),
-    Case("winograd_p0_tails_nobias", 3, 20, 8, 7, 33, 3, 3, bias=False),
-    Case("winograd_p20", 1, 24, 6, 10, 64, 3, 3, padding=(2, 0)),
+    Case("winograd_p0_tails_nobias", 3, 36, 8, 7, 33, 3, 3, bias=False),
+    Case("winograd_p20", 1, 40, 6, 10, 64, 3, 3, padding=(2, 0)),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

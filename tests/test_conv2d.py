@@ -113,27 +113,49 @@ def test_pointwise_streamed_outputs(dtype, gen):
 
 
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_3x3", "winograd_p0_tails_nobias",
-                                                               "wide_channels")])
+                                                               "winograd_p20", "wide_channels")])
 def test_winograd_matches_direct(case, gen):
-    """The Winograd forward and the direct kernel agree (each is also checked
-    against float64 in the grid); its error stays within a few times the
-    direct kernel's, and it is not the direct kernel in disguise."""
+    """The Winograd forward (and grad_input, where the transposed conv
+    qualifies) agrees with the direct kernels (each is also checked against
+    float64 in the grid); its error stays within a few times the direct
+    kernel's, and it is not the direct kernel in disguise."""
     C = _ext.C()
-    assert C.cpu_winograd_shape(case.C, case.K, case.R, case.S, 1, 1, 1, 1, case.groups)
-    x = make_input(case.input_shape, torch.float32, "channels_last", gen)
+    shape = (case.R, case.S, 1, 1, 1, 1, case.groups)
+    assert C.cpu_winograd_shape(case.C, case.K, *shape)
+    grad_input = C.cpu_winograd_shape(case.K, case.C, *shape)
+    x = make_input(case.input_shape, torch.float32, "channels_last", gen).requires_grad_()
     w = torch.randn(case.weight_shape, generator=gen) / 3
     b = torch.randn(case.K, generator=gen)
-    ref = F.conv2d(x.double(), w.double(), b.double(), 1, case.padding)
-    wino = effconv.functional.conv2d(x, w, b, 1, case.padding)
+    xd = x.detach().double().requires_grad_()
+    ref = F.conv2d(xd, w.double(), b.double(), 1, case.padding)
+    # grad_input takes dy's layout; a channels_last network's dy is channels_last.
+    dy = torch.randn(ref.shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    (ref_dx,) = torch.autograd.grad(ref, xd, dy.double())
+
+    def run():
+        y = effconv.functional.conv2d(x, w, b, 1, case.padding)
+        return (y.detach(), *torch.autograd.grad(y, x, dy))
+
+    wino = run()
     before = C.set_cpu_winograd(False)
     try:
-        direct = effconv.functional.conv2d(x, w, b, 1, case.padding)
+        direct = run()
     finally:
         C.set_cpu_winograd(before)
-    err_w = (wino.double() - ref).abs().max().item()
-    err_d = (direct.double() - ref).abs().max().item()
-    assert not torch.equal(wino, direct), "both calls ran the same kernel"
-    assert err_w <= 8 * err_d + 1e-6, f"Winograd error {err_w:.3g} vs direct {err_d:.3g}"
+    for name, a, d, r, used in (("output", wino[0], direct[0], ref, True),
+                                ("grad_input", wino[1], direct[1], ref_dx, grad_input)):
+        err_w = (a.double() - r).abs().max().item()
+        err_d = (d.double() - r).abs().max().item()
+        assert torch.equal(a, d) != used, f"{name}: Winograd {'not ' if used else ''}expected"
+        assert err_w <= 8 * err_d + 1e-6, f"{name}: Winograd error {err_w:.3g} vs direct {err_d:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_p0_tails_nobias", "winograd_p20")])
+def test_winograd_grad_input_channels_last(case, dtype, gen):
+    """With a channels_last output gradient (as a channels_last network
+    gives), grad_input runs Winograd too: every gradient vs float64."""
+    run_case(case, dtype, "channels_last", gen=gen, dy_like_output=True)
 
 
 def test_winograd_statistics_and_concat_outputs(gen):
@@ -227,3 +249,9 @@ def other_isa(request):
 def test_other_isa_builds(other_isa, case, gen):
     run_case(case, torch.float32, "channels_last", gen=gen, activation="silu", epilogue=True)
     run_case(case, torch.float64, "nchw", gen=gen)
+
+
+def test_other_isa_winograd(other_isa, gen):
+    case = BY_NAME["winograd_p0_tails_nobias"]
+    for dtype in (torch.float32, torch.float64):
+        run_case(case, dtype, "channels_last", gen=gen, activation="relu6", epilogue=True, dy_like_output=True)

@@ -258,11 +258,16 @@ void build_merged_rows(const Conv2dShape& s, const T* xp, const T* zrow, T* op, 
 // panel of M stay in L2; U (16 x C x K, 16/9 of the weight) is packed once
 // into the weight cache.
 
-template <typename T>
-void forward_winograd(const T* xp, const at::Tensor& weight, const Conv2dShape& s,
-                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
-                      const c10::optional<at::Tensor>& shift, int act, T* op, const int64_t* ostride,
-                      const c10::optional<at::Tensor>& stats) {
+//
+// `s` is the conv computed (for grad_input: the transposed one, see
+// grad_input_typed); tap(ws, k, c, t) reads its weight for output channel k,
+// input channel c and tap t from the contiguous `weight`, whose packing the
+// cache keys by `kind`.
+template <typename T, typename Tap>
+void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Tap& tap, const Conv2dShape& s,
+                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                   const c10::optional<at::Tensor>& shift, int act, T* op, const int64_t* ostride,
+                   const c10::optional<at::Tensor>& stats) {
   const IsaKernels& isa = isa_kernels();
   const int lanes = isa.lanes<T>();
   const int64_t C = s.C, K = s.K;
@@ -274,17 +279,16 @@ void forward_winograd(const T* xp, const at::Tensor& weight, const Conv2dShape& 
 
   // U[e][panel][c][nr] = (G g G^T)[e] of weight (k, c), computed in double;
   // G's rows are (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1).
-  const auto u_cached = packed_weight<T>(weight, {4, C, K, nr, ci4}, [&] {
+  const auto u_cached = packed_weight<T>(weight, {kind, C, K, nr, ci4}, [&] {
     const at::Tensor wc = contiguous_as<T>(weight);
     const T* ws = wc.data_ptr<T>();
     std::vector<T> u(16 * estride, T(0));
     at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k)
         for (int64_t c = 0; c < C; ++c) {
-          const T* g = ws + (k * C + c) * 9;
           double gg[4][3], u4[4][4];
           for (int j = 0; j < 3; ++j) {
-            const double g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
+            const double g0 = tap(ws, k, c, j), g1 = tap(ws, k, c, 3 + j), g2 = tap(ws, k, c, 6 + j);
             gg[0][j] = g0;
             gg[1][j] = 0.5 * (g0 + g1 + g2);
             gg[2][j] = 0.5 * (g0 - g1 + g2);
@@ -431,7 +435,10 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
   };
 
   if (use_winograd(s) && ok == 1) {
-    forward_winograd<T>(xp, weight, s, bias, scale, shift, act, op, ostride, stats);
+    const int64_t C = s.C;
+    winograd_conv<T>(
+        xp, weight, 4, [C](const T* ws, int64_t k, int64_t c, int t) { return ws[(k * C + c) * 9 + t]; }, s, bias,
+        scale, shift, act, op, ostride, stats);
     return;
   }
   if (use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes)) {
@@ -694,6 +701,27 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   const int64_t xstride[4] = {dx.stride(0), dx.stride(1), dx.stride(2), dx.stride(3)};
   const int64_t sc = xstride[1];
   const std::vector<T> zeros(s.K, T(0));
+
+  // A 3x3 stride-1 conv's grad_input is the 3x3 stride-1 conv of dy with the
+  // weight flipped and transposed (W'[c][k][r][s] = W[k][c][2-r][2-s]) and
+  // padding 2 - pad: Winograd too, when that conv qualifies.
+  if (sc == 1 && s.R == 3 && s.S == 3 && s.pad_h <= 2 && s.pad_w <= 2 && winograd_enabled() &&
+      winograd_shape(s.K, s.C, s.R, s.S, s.stride_h, s.stride_w, s.dil_h, s.dil_w, s.groups)) {
+    Conv2dShape t = s;
+    t.C = s.K;
+    t.K = s.C;
+    t.H = s.P;
+    t.W = s.Q;
+    t.P = s.H;
+    t.Q = s.W;
+    t.pad_h = 2 - s.pad_h;
+    t.pad_w = 2 - s.pad_w;
+    const int64_t Co = s.C;
+    winograd_conv<T>(
+        dyp, w, 5, [Co](const T* w_, int64_t k, int64_t c, int tp) { return w_[(c * Co + k) * 9 + 8 - tp]; }, t,
+        c10::nullopt, c10::nullopt, c10::nullopt, 0, dxp, xstride, c10::nullopt);
+    return;
+  }
 
   // The transposed problem: columns are input channels, the reduction runs
   // over output channels. Its group-vectorised form swaps Cin/g and Cout/g.

@@ -65,8 +65,13 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
         kind = "1x1 GEMM"
     else:
         kind = f"implicit GEMM {r}x{s}"
-        if _ext.available() and _c().cpu_winograd() and _c().cpu_winograd_shape(cg * groups, k, r, s, *stride, *dilation, groups):
-            kind += "; C++: Winograd F(2x2,3x3) forward for channels_last outputs"
+        if _ext.available() and _c().cpu_winograd():
+            shape = (r, s, *stride, *dilation, groups)
+            passes = [name for name, ok in (
+                ("forward", _c().cpu_winograd_shape(cg * groups, k, *shape)),
+                ("grad_input", _c().cpu_winograd_shape(k, cg * groups, *shape) and max(padding) <= 2)) if ok]
+            if passes:
+                kind += f"; C++: Winograd F(2x2,3x3) {' and '.join(passes)} in channels_last"
     return kind + (f", groups={groups}" if groups > 1 else "")
 
 
