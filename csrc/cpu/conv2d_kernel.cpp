@@ -411,9 +411,15 @@ std::atomic<bool> g_winograd{[] {
   return !(env && std::string(env) == "0");
 }()};
 
+// Whether conv `s` (the one computed: for grad_input the transposed conv)
+// runs as Winograd. Every tile block streams all of U (16 x C x K, 16/9 of
+// the weight) past its tiles, so few tiles per weight byte lose to the
+// direct kernel: N1 512->512 7² (16 tiles) ran 0.94x of it, N4 1024->1024 7²
+// 0.65x, while N1 256->256 14² (49 tiles) ran 1.6x.
 bool use_winograd(const Conv2dShape& s) {
-  return g_winograd.load(std::memory_order_relaxed) && winograd_shape(s.C, s.K, s.R, s.S, s.stride_h, s.stride_w,
-                                                                      s.dil_h, s.dil_w, s.groups);
+  return g_winograd.load(std::memory_order_relaxed) &&
+         winograd_shape(s.C, s.K, s.R, s.S, s.stride_h, s.stride_w, s.dil_h, s.dil_w, s.groups) &&
+         s.N * ceil_div(s.P, 2) * ceil_div(s.Q, 2) * kWinogradWeightPerTile >= s.C * s.K;
 }
 
 // ---------------------------------------------------------------------------
@@ -705,8 +711,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   // A 3x3 stride-1 conv's grad_input is the 3x3 stride-1 conv of dy with the
   // weight flipped and transposed (W'[c][k][r][s] = W[k][c][2-r][2-s]) and
   // padding 2 - pad: Winograd too, when that conv qualifies.
-  if (sc == 1 && s.R == 3 && s.S == 3 && s.pad_h <= 2 && s.pad_w <= 2 && winograd_enabled() &&
-      winograd_shape(s.K, s.C, s.R, s.S, s.stride_h, s.stride_w, s.dil_h, s.dil_w, s.groups)) {
+  if (sc == 1 && s.R == 3 && s.S == 3 && s.pad_h <= 2 && s.pad_w <= 2) {
     Conv2dShape t = s;
     t.C = s.K;
     t.K = s.C;
@@ -717,10 +722,12 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
     t.pad_h = 2 - s.pad_h;
     t.pad_w = 2 - s.pad_w;
     const int64_t Co = s.C;
-    winograd_conv<T>(
-        dyp, w, 5, [Co](const T* w_, int64_t k, int64_t c, int tp) { return w_[(c * Co + k) * 9 + 8 - tp]; }, t,
-        c10::nullopt, c10::nullopt, c10::nullopt, 0, dxp, xstride, c10::nullopt);
-    return;
+    if (use_winograd(t)) {
+      winograd_conv<T>(
+          dyp, w, 5, [Co](const T* w_, int64_t k, int64_t c, int tp) { return w_[(c * Co + k) * 9 + 8 - tp]; },
+          t, c10::nullopt, c10::nullopt, c10::nullopt, 0, dxp, xstride, c10::nullopt);
+      return;
+    }
   }
 
   // The transposed problem: columns are input channels, the reduction runs

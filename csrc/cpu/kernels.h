@@ -22,7 +22,9 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
 // multiply-adds save: 16->16 ran 0.8x, 32->16 and 16->32 1.06-1.09x of the
 // direct kernel on Zen 5). EFFCONV_CPU_WINOGRAD=0 or set_winograd(false)
 // turns it off (set_winograd returns the previous setting).
-constexpr int64_t kWinogradMinIn = 16, kWinogradMinOut = 32;
+// A call also needs at least C * K / kWinogradWeightPerTile 2x2 output
+// tiles (see use_winograd in conv2d_kernel.cpp).
+constexpr int64_t kWinogradMinIn = 16, kWinogradMinOut = 32, kWinogradWeightPerTile = 4096;
 bool winograd_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t dil_h,
                     int64_t dil_w, int64_t groups);
 bool set_winograd(bool on);
