@@ -112,9 +112,10 @@ def test_pointwise_streamed_outputs(dtype, gen):
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_3x3", "winograd_p0_tails_nobias",
                                                                "winograd_p20", "wide_channels")])
-def test_winograd_matches_direct(case, gen):
+def test_winograd_matches_direct(case, layout, gen):
     """The Winograd forward (and grad_input, where the transposed conv
     qualifies) agrees with the direct kernels (each is also checked against
     float64 in the grid); its error stays within a few times the direct
@@ -123,13 +124,14 @@ def test_winograd_matches_direct(case, gen):
     shape = (case.R, case.S, 1, 1, 1, 1, case.groups)
     assert C.cpu_winograd_shape(case.C, case.K, *shape)
     grad_input = C.cpu_winograd_shape(case.K, case.C, *shape)
-    x = make_input(case.input_shape, torch.float32, "channels_last", gen).requires_grad_()
+    x = make_input(case.input_shape, torch.float32, layout, gen).requires_grad_()
     w = torch.randn(case.weight_shape, generator=gen) / 3
     b = torch.randn(case.K, generator=gen)
     xd = x.detach().double().requires_grad_()
     ref = F.conv2d(xd, w.double(), b.double(), 1, case.padding)
-    # grad_input takes dy's layout; a channels_last network's dy is channels_last.
-    dy = torch.randn(ref.shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    # grad_input takes dy's layout (NCHW outputs run through a channels_last copy).
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    dy = torch.randn(ref.shape, generator=gen).contiguous(memory_format=fmt)
     (ref_dx,) = torch.autograd.grad(ref, xd, dy.double())
 
     def run():

@@ -15,8 +15,8 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
                     int64_t activation, at::Tensor& out, const c10::optional<at::Tensor>& stats = c10::nullopt);
 
 // Whether the forward of a conv of this shape runs as Winograd F(2x2, 3x3)
-// (when its output is channels_last; conv2d_kernel.cpp; grad_input does when
-// the transposed shape K -> C qualifies and padding <= 2): 3x3, stride 1,
+// (conv2d_kernel.cpp; NCHW outputs through a channels_last copy; grad_input
+// does when the transposed shape K -> C qualifies and padding <= 2): 3x3, stride 1,
 // dilation 1, one group, at least kWinogradMinIn input and kWinogradMinOut
 // output channels (below them the transforms cost more than the 2.25x fewer
 // multiply-adds save: 16->16 ran 0.8x, 32->16 and 16->32 1.06-1.09x of the

@@ -71,7 +71,7 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
                 ("forward", _c().cpu_winograd_shape(cg * groups, k, *shape)),
                 ("grad_input", _c().cpu_winograd_shape(k, cg * groups, *shape) and max(padding) <= 2)) if ok]
             if passes:
-                kind += (f"; C++: Winograd F(2x2,3x3) {' and '.join(passes)} in channels_last "
+                kind += (f"; C++: Winograd F(2x2,3x3) {' and '.join(passes)} "
                          f"with >= {cg * groups * k // 4096} 2x2 output tiles")
     return kind + (f", groups={groups}" if groups > 1 else "")
 
