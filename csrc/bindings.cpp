@@ -46,12 +46,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", [](const std::string& name) { return effconv::cpu::set_isa(name.c_str()); },
         "Force 'avx512', 'avx2' or 'baseline' (tests); returns False if this CPU lacks it.");
   m.def("set_cpu_winograd", &effconv::cpu::set_winograd,
-        "Turn the CPU conv2d's Winograd F(2x2, 3x3) forward on or off; returns the previous setting.");
+        "Turn the CPU conv2d's Winograd F(2x2, 3x3) (forward and grad_input) on or off; returns the previous "
+        "setting.");
   m.def("cpu_winograd", &effconv::cpu::winograd_enabled,
-        "Whether the CPU conv2d's Winograd forward is on (EFFCONV_CPU_WINOGRAD=0 turns it off).");
+        "Whether the CPU conv2d's Winograd path is on (EFFCONV_CPU_WINOGRAD=0 turns it off).");
   m.def("cpu_winograd_shape", &effconv::cpu::winograd_shape,
-        "Whether a conv of this shape (C, K, R, S, stride_h, stride_w, dil_h, dil_w, groups) qualifies for "
-        "the CPU Winograd forward (with a channels_last output, when it is on).");
+        "Whether the forward of a conv of this shape (C, K, R, S, stride_h, stride_w, dil_h, dil_w, groups) "
+        "qualifies for the CPU Winograd path (given enough output tiles, when it is on).");
+  m.def("cpu_winograd_grad_input_shape", &effconv::cpu::winograd_grad_input_shape,
+        "The same for its grad_input (C, K, R, S, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups).");
+  m.attr("cpu_winograd_weight_per_tile") = effconv::cpu::kWinogradWeightPerTile;
 
 #ifdef EFFCONV_WITH_CUDA
   m.attr("with_cuda") = true;

@@ -4,10 +4,11 @@
   fresh are page-faulted in on every call (glibc returns them to the OS when
   freed); effconv's kernels reuse cached buffers instead.
   ``EFFCONV_CPU_CACHE_MB`` (default 2048) bounds the idle buffers.
-- Packed weights (csrc/cpu/weight_cache.h): the forward kernels keep each
-  weight's microkernel panels (contiguous or channels_last weights) while
-  the weight is unchanged (same tensor, same version counter). ``EFFCONV_WEIGHT_CACHE_MB`` (default 512) bounds
-  them; 0 disables the cache.
+- Packed weights (csrc/cpu/weight_cache.h): the forward kernels (and the
+  Winograd grad_input) keep each weight's microkernel panels (contiguous or
+  channels_last weights) while the weight is unchanged (same tensor, same
+  version counter). ``EFFCONV_WEIGHT_CACHE_MB`` (default 512) bounds them;
+  0 disables the cache.
 """
 from __future__ import annotations
 

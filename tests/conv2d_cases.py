@@ -74,7 +74,7 @@ CASES = [
     # CPU forward splits its 9 taps of 320 channels into blocks).
     Case("narrow_out_blocked", 2, 320, 5, 7, 16, 3, 3, padding=1),
     # 3x3 stride-1 convs with >= 16 in / 32 out channels: the CPU forward runs
-    # Winograd F(2x2, 3x3) on channels_last outputs, and so does grad_input
+    # Winograd F(2x2, 3x3), and so does grad_input
     # when the transposed conv qualifies (>= 16 out / 32 in channels, padding
     # <= 2). Odd sizes leave tiles hanging over the last row and column; 40,
     # 36 and 33 channels end in partial vectors of the GEMM or the transforms.

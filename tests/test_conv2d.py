@@ -121,9 +121,9 @@ def test_winograd_matches_direct(case, layout, gen):
     float64 in the grid); its error stays within a few times the direct
     kernel's, and it is not the direct kernel in disguise."""
     C = _ext.C()
-    shape = (case.R, case.S, 1, 1, 1, 1, case.groups)
-    assert C.cpu_winograd_shape(case.C, case.K, *shape)
-    grad_input = C.cpu_winograd_shape(case.K, case.C, *shape)
+    assert C.cpu_winograd_shape(case.C, case.K, case.R, case.S, 1, 1, 1, 1, case.groups)
+    pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
+    grad_input = C.cpu_winograd_grad_input_shape(case.C, case.K, case.R, case.S, 1, 1, *pad, 1, 1, case.groups)
     x = make_input(case.input_shape, torch.float32, layout, gen).requires_grad_()
     w = torch.randn(case.weight_shape, generator=gen) / 3
     b = torch.randn(case.K, generator=gen)

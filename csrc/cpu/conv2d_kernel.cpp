@@ -285,21 +285,16 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
     at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k)
         for (int64_t c = 0; c < C; ++c) {
+          // G (a0, a1, a2): G's rows applied to one column (then one row) of g.
+          const auto g_1d = [](double a0, double a1, double a2, double* out, int step) {
+            out[0] = a0;
+            out[step] = 0.5 * (a0 + a1 + a2);
+            out[2 * step] = 0.5 * (a0 - a1 + a2);
+            out[3 * step] = a2;
+          };
           double gg[4][3], u4[4][4];
-          for (int j = 0; j < 3; ++j) {
-            const double g0 = tap(ws, k, c, j), g1 = tap(ws, k, c, 3 + j), g2 = tap(ws, k, c, 6 + j);
-            gg[0][j] = g0;
-            gg[1][j] = 0.5 * (g0 + g1 + g2);
-            gg[2][j] = 0.5 * (g0 - g1 + g2);
-            gg[3][j] = g2;
-          }
-          for (int r = 0; r < 4; ++r) {
-            const double g0 = gg[r][0], g1 = gg[r][1], g2 = gg[r][2];
-            u4[r][0] = g0;
-            u4[r][1] = 0.5 * (g0 + g1 + g2);
-            u4[r][2] = 0.5 * (g0 - g1 + g2);
-            u4[r][3] = g2;
-          }
+          for (int j = 0; j < 3; ++j) g_1d(tap(ws, k, c, j), tap(ws, k, c, 3 + j), tap(ws, k, c, 6 + j), &gg[0][j], 3);
+          for (int r = 0; r < 4; ++r) g_1d(gg[r][0], gg[r][1], gg[r][2], u4[r], 1);
           const int64_t p = k / nr, j = k % nr;
           for (int el = 0; el < 16; ++el)
             u[el * estride + p * panel_stride + b_offset(c, j, nr, ci4)] = T(u4[el / 4][el % 4]);
@@ -726,7 +721,8 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   // A 3x3 stride-1 conv's grad_input is the 3x3 stride-1 conv of dy with the
   // weight flipped and transposed (W'[c][k][r][s] = W[k][c][2-r][2-s]) and
   // padding 2 - pad: Winograd too, when that conv qualifies.
-  if (s.R == 3 && s.S == 3 && s.pad_h <= 2 && s.pad_w <= 2) {
+  if (winograd_grad_input_shape(s.C, s.K, s.R, s.S, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w,
+                                s.groups)) {
     Conv2dShape t = s;
     t.C = s.K;
     t.K = s.C;
@@ -1015,6 +1011,11 @@ bool winograd_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h
                     int64_t dil_w, int64_t groups) {
   return R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 &&
          C >= kWinogradMinIn && K >= kWinogradMinOut;
+}
+
+bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                               int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups) {
+  return pad_h <= 2 && pad_w <= 2 && winograd_shape(K, C, R, S, stride_h, stride_w, dil_h, dil_w, groups);
 }
 
 bool set_winograd(bool on) { return g_winograd.exchange(on); }

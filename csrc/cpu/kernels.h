@@ -27,6 +27,10 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
 constexpr int64_t kWinogradMinIn = 16, kWinogradMinOut = 32, kWinogradWeightPerTile = 4096;
 bool winograd_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t dil_h,
                     int64_t dil_w, int64_t groups);
+// The same for grad_input of a conv of this shape: its transposed conv
+// (K -> C channels, padding 2 - pad) qualifies.
+bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                               int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups);
 bool set_winograd(bool on);
 bool winograd_enabled();
 

@@ -66,13 +66,14 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
     else:
         kind = f"implicit GEMM {r}x{s}"
         if _ext.available() and _c().cpu_winograd():
-            shape = (r, s, *stride, *dilation, groups)
+            c = cg * groups
             passes = [name for name, ok in (
-                ("forward", _c().cpu_winograd_shape(cg * groups, k, *shape)),
-                ("grad_input", _c().cpu_winograd_shape(k, cg * groups, *shape) and max(padding) <= 2)) if ok]
+                ("forward", _c().cpu_winograd_shape(c, k, r, s, *stride, *dilation, groups)),
+                ("grad_input", _c().cpu_winograd_grad_input_shape(c, k, r, s, *stride, *padding, *dilation, groups)),
+            ) if ok]
             if passes:
                 kind += (f"; C++: Winograd F(2x2,3x3) {' and '.join(passes)} "
-                         f"with >= {cg * groups * k // 4096} 2x2 output tiles")
+                         f"with >= {c * k // _c().cpu_winograd_weight_per_tile} 2x2 output tiles")
     return kind + (f", groups={groups}" if groups > 1 else "")
 
 

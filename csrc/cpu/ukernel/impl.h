@@ -545,16 +545,21 @@ void igemm(const IGemmArgs<T>& g) {
 // Weight-gradient GEMM: rows are MR consecutive input channels of one tap, the
 // reduction runs over pixels, and every pixel contributes one broadcast per
 // row against NV vectors of the packed output-gradient panel.
+// Row pitch of WGemmArgs' D: d_ld, or packed panels' nv vectors.
+template <typename T>
+inline int64_t d_pitch(const WGemmArgs<T>& g) {
+  return g.d_ld ? g.d_ld : int64_t(g.nv) * VecTraits<T>::L;
+}
+
 template <typename T, int MR, int NV>
 void wgemm_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, const T* dp, T* out, int64_t ld) {
   constexpr int L = VecTraits<T>::L;
-  constexpr int64_t NR = int64_t(NV) * L;
   vec_t<T> acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = vec_t<T>{};
-  const int64_t ldd = g.d_ld ? g.d_ld : NR;
+  const int64_t ldd = d_pitch(g);
   for (int64_t m = 0; m < g.m; ++m) {
     const T* xp = g.x[m * g.ntaps + t] + g.x_off + c0;
     vec_t<T> bv[NV];
@@ -696,7 +701,7 @@ void wgemm(const WGemmArgs<T>& g) {
     } else {
       const int64_t nr = int64_t(g.nv) * VecTraits<T>::L;
       for (int64_t p = 0; p < g.npanels; ++p)
-        colsum(g.d + p * g.d_panel_stride, g.d_ld ? g.d_ld : nr, g.m, nr, g.dsum + p * nr);
+        colsum(g.d + p * g.d_panel_stride, d_pitch(g), g.m, nr, g.dsum + p * nr);
     }
   }
   if (g.dy) {
