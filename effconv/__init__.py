@@ -11,7 +11,7 @@ from effconv.backends import requested_backend, use_backend
 from effconv.convert import ConversionReport, conversion_report, convert
 from effconv.explain import Explanation, explain
 from effconv.memory import empty_cache
-from effconv.nn import Conv2d, ConvBNAct2d, ConvBNReLU2d, DeformConv2d, ModulatedDeformConv2dPack
+from effconv.nn import Conv2d, ConvBNAct2d, ConvBNReLU2d, DeformConv2d, MaxPool2d, ModulatedDeformConv2dPack
 from effconv.ops import ACTIVATIONS, poison_outputs
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "ConvBNAct2d",
     "ConvBNReLU2d",
     "DeformConv2d",
+    "MaxPool2d",
     "ModulatedDeformConv2dPack",
     "ConversionReport",
     "conversion_report",

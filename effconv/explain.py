@@ -50,6 +50,20 @@ def _row(where: str, choice: backends.Choice) -> dict[str, str]:
     }
 
 
+def _pool_choice(pool: nn.MaxPool2d, device, dtype) -> backends.Choice:
+    """A parameter-free pooling layer: on `device`/`dtype` when given, else CPU float32."""
+    from effconv.ops import max_pool2d
+
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    kernel = max_pool2d.describe(pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), pair(pool.padding),
+                                 pair(pool.dilation), pool.ceil_mode)
+    if pool.return_indices:
+        return backends.Choice(max_pool2d.OP, "torch", backends.requested_backend(),
+                               "return_indices=True: effconv's kernels do not produce indices", kernel, True)
+    return backends.choose(max_pool2d.TABLES[max_pool2d.OP], device or torch.device("cpu"), dtype or torch.float32,
+                           lambda: kernel, record=False)
+
+
 def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> Explanation:
     from effconv.ops import conv_bn_act2d
     from effconv.ops._conv_family import FAMILIES
@@ -58,6 +72,9 @@ def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype |
     for name, m in module.named_modules():
         route = getattr(m, "effconv_op", None)
         if route is None or id(m) in fused_convs:
+            continue
+        if route == "max_pool2d":
+            rows.append(_row(name or type(m).__name__, _pool_choice(m, device, dtype)))
             continue
         conv = m[0] if route == "conv_bn_act2d" else m
         if not isinstance(conv, nn.Conv2d):
@@ -85,7 +102,8 @@ def explain(target: Any, *args, device=None, dtype=None, **kwargs) -> Explanatio
 
     - ``explain(module)``: without inputs, predicts for each effconv layer the
       op it routes to and the backend its parameters' device (or ``device``,
-      ``dtype``) would use under the current backend request.
+      ``dtype``) would use under the current backend request (pooling
+      layers, which have no parameters: CPU float32 unless given).
     - ``explain(fn_or_module, *args, **kwargs)``: runs the call (under
       ``torch.no_grad()``) and reports every op it actually ran, in order,
       including any backend substitution or PyTorch fallback.

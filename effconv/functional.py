@@ -18,6 +18,7 @@ from effconv.ops import conv2d as _conv2d_op
 from effconv.ops import deform_conv2d as _deform_op
 from effconv.ops import depthwise_conv2d as _depthwise_op
 from effconv.ops import epilogue as _epilogue_op
+from effconv.ops import max_pool2d as _max_pool_op
 
 IntPair = Union[int, Sequence[int]]
 
@@ -270,6 +271,53 @@ def epilogue(
     if _direct_call_ok(input, bias, scale, shift):
         return _epilogue_op.epilogue_impl(*args)
     return torch.ops.effconv.epilogue(*args)
+
+
+def _pool_pair(name: str, value, default=None) -> list[int]:
+    """F.max_pool2d's argument rule: an int or one or two ints (stride: None or empty -> kernel_size)."""
+    if default is not None and (value is None or (not isinstance(value, int) and len(value) == 0)):
+        return list(default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    try:
+        out = [int(v) for v in value]
+    except TypeError:
+        raise TypeError(f"max_pool2d: {name} must be an int or a sequence of 2 ints, got {value!r}") from None
+    if len(out) not in (1, 2):
+        raise RuntimeError(f"max_pool2d: {name} must either be a single int, or a tuple of two ints, got {out}")
+    return out * 2 if len(out) == 1 else out
+
+
+def max_pool2d(
+    input: torch.Tensor,
+    kernel_size: IntPair,
+    stride: Optional[IntPair] = None,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+):
+    """``F.max_pool2d`` on effconv's kernels (same arguments and results;
+    3-D unbatched input too). ``return_indices=True`` has no effconv kernel:
+    PyTorch's runs, and the fallback is logged once and shown by explain()."""
+    kernel = _pool_pair("kernel_size", kernel_size)
+    stride_ = _pool_pair("stride", stride, default=kernel)
+    padding_, dilation_ = _pool_pair("padding", padding), _pool_pair("dilation", dilation)
+    if return_indices:
+        _backends.report_choice(_backends.Choice(
+            _max_pool_op.OP, "torch", _backends.requested_backend(),
+            "return_indices=True: effconv's kernels do not produce indices",
+            _max_pool_op.describe(kernel, stride_, padding_, dilation_, ceil_mode), fell_back=True))
+        return F.max_pool2d(input, kernel, stride_, padding_, dilation_, ceil_mode, return_indices=True)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    args = (input, kernel, stride_, padding_, dilation_, bool(ceil_mode))
+    if _direct_call_ok(input):
+        out = _max_pool_op.max_pool2d_impl(*args)
+    else:
+        out = torch.ops.effconv.max_pool2d(*args)
+    return out.squeeze(0) if unbatched else out
 
 
 def conv_bn_act2d(

@@ -116,6 +116,12 @@ def specs() -> list[KernelSpec]:
                    ones=("sdk",), strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw")),
         KernelSpec("epilogue", "epilogue_kernel", "epilogue_kernel", "epilogue",
                    ("x_ptr", "y_ptr", "bias_ptr", "scale_ptr", "shift_ptr"), constexprs=full_epilogue),
+        KernelSpec("max_pool2d", "max_pool2d_fwd_kernel", "max_pool2d_fwd_kernel", "max_pool2d", ("x_ptr", "y_ptr"),
+                   constexprs=(("R", 3), ("S", 3)), ones=("sxc", "syc"),
+                   strides=("sxn", "sxh", "sxw", "syn", "syp", "syq")),
+        KernelSpec("max_pool2d", "max_pool2d_bwd_kernel", "max_pool2d_bwd_kernel", "max_pool2d",
+                   ("dy_ptr", "x_ptr", "dx_ptr"), constexprs=(("R", 3), ("S", 3)), ones=("sdc", "sxc", "szc"),
+                   strides=("sdn", "sdp", "sdq", "sxn", "sxh", "sxw", "szn", "szh", "szw")),
     ]
 
 

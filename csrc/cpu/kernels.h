@@ -64,6 +64,14 @@ void bn_act_backward(const at::Tensor& grad_y, const at::Tensor& z, const at::Te
                      const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
                      int64_t activation, at::Tensor& grad_z, at::Tensor& grad_gamma, at::Tensor& grad_beta);
 
+// Max pooling (F.max_pool2d without indices); the backward recomputes each
+// window's argmax from the input.
+void max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, at::Tensor& out);
+void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                         at::Tensor& grad_input);
+
 void epilogue(const at::Tensor& input, const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
               const c10::optional<at::Tensor>& shift, int64_t activation, at::Tensor& out);
 

@@ -1,7 +1,8 @@
 """SqueezeNet 1.0 and 1.1 (Iandola et al., 2016) on effconv layers, with
 torchvision's structure and parameter names. Every conv carries its ReLU in
 its epilogue; the parameter-free ReLU modules torchvision lists separately
-are nn.Identity here, so the state_dict keys stay the same."""
+are nn.Identity here, so the state_dict keys stay the same. The max pools
+are effconv.MaxPool2d."""
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from effconv import functional
 from effconv.nn.conv import Conv2d
+from effconv.nn.pool import MaxPool2d
 
 
 class Fire(nn.Module):
@@ -40,7 +42,7 @@ class Fire(nn.Module):
 class SqueezeNet(nn.Module):
     def __init__(self, version: str = "1_0", num_classes: int = 1000, dropout: float = 0.5):
         super().__init__()
-        pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+        pool = lambda: MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
         if version == "1_0":
             self.features = nn.Sequential(
                 Conv2d(3, 96, 7, 2, activation="relu"), nn.Identity(), pool(),

@@ -368,6 +368,19 @@ struct WinoArgs {
   EpilogueArgs<T> ep;       // padded to a whole number of vectors past col_end
 };
 
+// Max pooling forward, output rows [p0, p1) of one image (F.max_pool2d:
+// NaN wins, windows skip the padding). channels_last: pixel (h, w) at
+// x + (h * W + w) * C, output pixel (p, q) at y + (p * Q + q) * C. planes
+// (NCHW): one channel, pixel (h, w) at x + h * W + w, output at y + p * Q + q.
+template <typename T>
+struct MaxPoolArgs {
+  const T* x = nullptr;
+  T* y = nullptr;
+  bool planes = false;
+  int64_t C = 1, H = 0, W = 0, Q = 0, p0 = 0, p1 = 0;
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+};
+
 // The ISAs whose igemm has the channel-interleaved kernel (impl.h's kCi4).
 constexpr bool isa_has_ci4(int vec_bytes, int vec_regs) { return vec_bytes == 64 && vec_regs >= 32; }
 
@@ -404,6 +417,8 @@ struct IsaKernels {
   void (*wino_input_f64)(const WinoArgs<double>&);
   void (*wino_output_f32)(const WinoArgs<float>&);
   void (*wino_output_f64)(const WinoArgs<double>&);
+  void (*maxpool_f32)(const MaxPoolArgs<float>&);
+  void (*maxpool_f64)(const MaxPoolArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -444,6 +459,8 @@ struct IsaKernels {
   void wino_input(const WinoArgs<double>& a) const { wino_input_f64(a); }
   void wino_output(const WinoArgs<float>& a) const { wino_output_f32(a); }
   void wino_output(const WinoArgs<double>& a) const { wino_output_f64(a); }
+  void maxpool(const MaxPoolArgs<float>& a) const { maxpool_f32(a); }
+  void maxpool(const MaxPoolArgs<double>& a) const { maxpool_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;

@@ -1446,6 +1446,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
 
 #include "ukernel/deform_impl.h"
 #include "ukernel/wino_impl.h"
+#include "ukernel/pool_impl.h"
 
 #define EFFCONV_DEFINE_ISA(var, isa_name)                                                    \
   namespace effconv {                                                                        \
@@ -1461,6 +1462,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &bnact_apply<double>, &deform_col<float>, &deform_col<double>,     \
                           &deform_col_backward<float>, &deform_col_backward<double>,         \
                           &wino_input<float>, &wino_input<double>,                           \
-                          &wino_output<float>, &wino_output<double>};                        \
+                          &wino_output<float>, &wino_output<double>,                         \
+                          &maxpool<float>,  &maxpool<double>};                               \
   }                                                                                          \
   }

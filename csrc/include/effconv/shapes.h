@@ -8,6 +8,7 @@
 #include "effconv/checks.h"
 #include "effconv/conv2d_shape.h"
 #include "effconv/deform.h"
+#include "effconv/pool2d_shape.h"
 
 namespace effconv {
 
@@ -77,6 +78,27 @@ inline DeformShape make_deform_shape(const at::Tensor& input, const at::Tensor& 
   EFFCONV_CHECK_SIZES(offset, g.N, 2 * g.OG * taps, g.P, g.Q);
   if (mask.has_value() && mask->defined()) EFFCONV_CHECK_SIZES((*mask), g.N, g.OG * taps, g.P, g.Q);
   return g;
+}
+
+inline Pool2dShape make_pool2d_shape(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  EFFCONV_CHECK_DIM(input, 4);
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "expected 2-element kernel_size, stride, padding and dilation, got ", kernel_size, ", ", stride, ", ",
+              padding, ", ", dilation);
+  Pool2dShape s;
+  s.N = input.size(0), s.C = input.size(1), s.H = input.size(2), s.W = input.size(3);
+  s.kh = kernel_size[0], s.kw = kernel_size[1], s.sh = stride[0], s.sw = stride[1];
+  s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
+  TORCH_CHECK(s.kh > 0 && s.kw > 0 && s.sh > 0 && s.sw > 0 && s.dh > 0 && s.dw > 0,
+              "expected positive kernel_size, stride and dilation, got ", kernel_size, ", ", stride, ", ", dilation);
+  TORCH_CHECK(s.ph >= 0 && s.pw >= 0 && s.ph <= s.kh / 2 && s.pw <= s.kw / 2,
+              "expected padding of at most half the kernel size ", kernel_size, ", got ", padding);
+  s.P = pool_out_size(s.H, s.kh, s.sh, s.ph, s.dh, ceil_mode);
+  s.Q = pool_out_size(s.W, s.kw, s.sw, s.pw, s.dw, ceil_mode);
+  TORCH_CHECK(s.P > 0 && s.Q > 0, "expected a pooling window that fits the padded input ", input.sizes(),
+              ", got output size (", s.P, ", ", s.Q, ")");
+  return s;
 }
 
 }  // namespace effconv

@@ -1,0 +1,158 @@
+// effconv::max_pool2d on the CPU (F.max_pool2d semantics, no indices).
+// Forward: the ISA microkernel (ukernel/pool_impl.h) over output rows.
+// Backward: each window's argmax is recomputed from the input with the
+// forward's rule (first maximum, a NaN wins; the first valid tap when every
+// value is -inf: where PyTorch's saved index points), so nothing
+// activation-sized is saved. Threads own disjoint channels, so the
+// accumulation into overlapping windows is race-free and deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "common.h"
+#include "kernels.h"
+#include "ukernel/api.h"
+
+namespace effconv {
+namespace cpu {
+namespace {
+
+// channels_last when the output is laid out so (PyTorch's rule for pooling:
+// the input's suggested format); ambiguous layouts run as planes.
+bool rows_layout(const at::Tensor& out) {
+  return out.dim() == 4 && out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
+}
+
+at::Tensor in_layout(const at::Tensor& t, at::ScalarType ct, bool rows) {
+  return rows ? as_nhwc(t, ct) : t.to(ct).contiguous();
+}
+
+template <typename T>
+void forward_typed(const at::Tensor& x, at::Tensor& y, const Pool2dShape& s, bool rows) {
+  MaxPoolArgs<T> args;
+  args.planes = !rows;
+  args.C = rows ? s.C : 1;
+  args.H = s.H, args.W = s.W, args.Q = s.Q;
+  args.kh = s.kh, args.kw = s.kw, args.sh = s.sh, args.sw = s.sw;
+  args.ph = s.ph, args.pw = s.pw, args.dh = s.dh, args.dw = s.dw;
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const IsaKernels& isa = isa_kernels();
+  // Work items: output rows of every image (channels_last) or plane (NCHW).
+  const int64_t images = rows ? s.N : s.N * s.C;
+  const int64_t row_cost = std::max<int64_t>(1, s.Q * args.C * s.kh * s.kw);
+  const int64_t grain = std::max<int64_t>(1, 65536 / row_cost);
+  at::parallel_for(0, images * s.P, grain, [&](int64_t begin, int64_t end) {
+    MaxPoolArgs<T> part = args;
+    for (int64_t r = begin; r < end;) {
+      const int64_t img = r / s.P, p0 = r % s.P, p1 = std::min(s.P, p0 + (end - r));
+      part.x = xp + img * s.H * s.W * args.C;
+      part.y = yp + img * s.P * s.Q * args.C;
+      part.p0 = p0, part.p1 = p1;
+      isa.maxpool(part);
+      r += p1 - p0;
+    }
+  });
+}
+
+// Adds grad_output to the argmax of every window of one image, channels
+// [c0, c1) of cs-strided pixels (cs = C channels_last, 1 for a plane).
+template <typename T>
+void backward_image(const T* x, const T* go, T* gi, const Pool2dShape& s, int64_t cs, int64_t c0, int64_t c1) {
+  constexpr int64_t kBlock = 16;
+  T best[kBlock];
+  int64_t arg[kBlock];
+  for (int64_t p = 0; p < s.P; ++p) {
+    const int64_t hs = p * s.sh - s.ph;
+    const PoolTaps ti = pool_taps(hs, s.kh, s.dh, s.H);
+    for (int64_t q = 0; q < s.Q; ++q) {
+      const int64_t ws = q * s.sw - s.pw;
+      const PoolTaps tj = pool_taps(ws, s.kw, s.dw, s.W);
+      if (ti.first == ti.end || tj.first == tj.end) continue;  // an all-padding window has no input to credit
+      const int64_t first = (hs + ti.first * s.dh) * s.W + ws + tj.first * s.dw;
+      for (int64_t cb = c0; cb < c1; cb += kBlock) {
+        const int64_t nc = std::min(kBlock, c1 - cb);
+        for (int64_t c = 0; c < nc; ++c) best[c] = -std::numeric_limits<T>::infinity(), arg[c] = first;
+        for (int64_t i = ti.first; i < ti.end; ++i)
+          for (int64_t j = tj.first; j < tj.end; ++j) {
+            const int64_t pix = (hs + i * s.dh) * s.W + ws + j * s.dw;
+            const T* v = x + pix * cs + cb;
+            for (int64_t c = 0; c < nc; ++c)
+              if (v[c] > best[c] || v[c] != v[c]) best[c] = v[c], arg[c] = pix;
+          }
+        const T* g = go + (p * s.Q + q) * cs + cb;
+        for (int64_t c = 0; c < nc; ++c) gi[arg[c] * cs + cb + c] += g[c];
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_typed(const at::Tensor& x, const at::Tensor& go, at::Tensor& gi, const Pool2dShape& s, bool rows) {
+  const T* xp = x.data_ptr<T>();
+  const T* gop = go.data_ptr<T>();
+  T* gip = gi.data_ptr<T>();
+  if (rows) {
+    // (image, block of 16 channels) tasks: disjoint outputs.
+    const int64_t blocks = ceil_div(s.C, 16);
+    at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / blocks, c0 = t % blocks * 16;
+        backward_image<T>(xp + n * s.H * s.W * s.C, gop + n * s.P * s.Q * s.C, gip + n * s.H * s.W * s.C, s, s.C,
+                          c0, std::min(s.C, c0 + 16));
+      }
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.P * s.Q * s.kh * s.kw));
+    at::parallel_for(0, s.N * s.C, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t)
+        backward_image<T>(xp + t * s.H * s.W, gop + t * s.P * s.Q, gip + t * s.H * s.W, s, 1, 0, 1);
+    });
+  }
+}
+
+}  // namespace
+
+void max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, at::Tensor& out) {
+  EFFCONV_CHECK_CPU(input);
+  const Pool2dShape s = make_pool2d_shape(input, kernel_size, stride, padding, dilation, ceil_mode);
+  EFFCONV_CHECK_SIZES(out, s.N, s.C, s.P, s.Q);
+  if (out.numel() == 0) return;
+  const bool rows = rows_layout(out);
+  const at::ScalarType ct = compute_type(input.scalar_type());
+  const at::Tensor x = in_layout(input, ct, rows);
+  // Exact in the compute type: float16/bfloat16 values widen and narrow back unchanged.
+  at::Tensor y = out.scalar_type() == ct ? out : at::empty_like(out, out.options().dtype(ct));
+  if (ct == at::kDouble)
+    forward_typed<double>(x, y, s, rows);
+  else
+    forward_typed<float>(x, y, s, rows);
+  if (!y.is_same(out)) out.copy_(y);
+}
+
+void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                         at::Tensor& grad_input) {
+  EFFCONV_CHECK_CPU(input);
+  EFFCONV_CHECK_CPU(grad_output);
+  const Pool2dShape s = make_pool2d_shape(input, kernel_size, stride, padding, dilation, ceil_mode);
+  EFFCONV_CHECK_SIZES(grad_output, s.N, s.C, s.P, s.Q);
+  EFFCONV_CHECK_SIZES(grad_input, s.N, s.C, s.H, s.W);
+  const bool rows = rows_layout(grad_input);
+  const at::ScalarType ct = compute_type(input.scalar_type());
+  const at::Tensor x = in_layout(input, ct, rows), go = in_layout(grad_output, ct, rows);
+  at::Tensor gi = at::zeros_like(x);  // x's dtype and layout: dense, so plain offsets index it
+  if (gi.numel() > 0 && go.numel() > 0) {
+    if (ct == at::kDouble)
+      backward_typed<double>(x, go, gi, s, rows);
+    else
+      backward_typed<float>(x, go, gi, s, rows);
+  }
+  grad_input.copy_(gi);
+}
+
+}  // namespace cpu
+}  // namespace effconv

@@ -1,0 +1,116 @@
+// Max pooling forward (MaxPoolArgs in api.h), compiled per ISA with impl.h.
+// channels_last: vectors run over channels, four at a time (independent
+// max chains); planes (NCHW): vectors run along the output row, with
+// stride-2 windows de-interleaved from two loads.
+#pragma once
+#include <limits>
+
+#include "effconv/pool2d_shape.h"
+
+namespace effconv {
+namespace cpu {
+namespace {
+
+// PyTorch's update rule: x replaces m when larger or NaN (a NaN anywhere in
+// the window is the result).
+template <typename T>
+inline vec_t<T> max_nan(vec_t<T> m, vec_t<T> x) {
+  return (x > m) | (x != x) ? x : m;
+}
+template <typename T>
+inline T max_nan1(T m, T x) {
+  return (x > m) | (x != x) ? x : m;
+}
+
+template <typename T>
+void maxpool_nhwc(const MaxPoolArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  const vec_t<T> ninf = vsplat<T>(-std::numeric_limits<T>::infinity());
+  const int64_t C = g.C;
+  for (int64_t p = g.p0; p < g.p1; ++p) {
+    const int64_t hs = p * g.sh - g.ph;
+    const PoolTaps ti = pool_taps(hs, g.kh, g.dh, g.H);
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t ws = q * g.sw - g.pw;
+      const PoolTaps tj = pool_taps(ws, g.kw, g.dw, g.W);
+      const T* base = g.x + ((hs + ti.first * g.dh) * g.W + ws + tj.first * g.dw) * C;
+      const int64_t row_step = g.dh * g.W * C, col_step = g.dw * C;
+      T* y = g.y + (p * g.Q + q) * C;
+      int64_t c = 0;
+      for (; c + 4 * L <= C; c += 4 * L) {
+        vec_t<T> m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+        for (int64_t i = ti.first; i < ti.end; ++i) {
+          const T* px = base + (i - ti.first) * row_step + c;
+          for (int64_t j = tj.first; j < tj.end; ++j, px += col_step) {
+            m0 = max_nan<T>(m0, vload(px));
+            m1 = max_nan<T>(m1, vload(px + L));
+            m2 = max_nan<T>(m2, vload(px + 2 * L));
+            m3 = max_nan<T>(m3, vload(px + 3 * L));
+          }
+        }
+        vstore(y + c, m0);
+        vstore(y + c + L, m1);
+        vstore(y + c + 2 * L, m2);
+        vstore(y + c + 3 * L, m3);
+      }
+      for (; c < C; c += L) {
+        const int64_t n = C - c < L ? C - c : L;
+        vec_t<T> m = ninf;
+        for (int64_t i = ti.first; i < ti.end; ++i) {
+          const T* px = base + (i - ti.first) * row_step + c;
+          for (int64_t j = tj.first; j < tj.end; ++j, px += col_step) m = max_nan<T>(m, vload_any(px, n));
+        }
+        if (n == L)
+          vstore(y + c, m);
+        else
+          vstore_n(y + c, m, n);
+      }
+    }
+  }
+}
+
+template <typename T>
+void maxpool_planes(const MaxPoolArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  ivec_t<T> even;
+  for (int l = 0; l < L; ++l) even[l] = 2 * l;
+  for (int64_t p = g.p0; p < g.p1; ++p) {
+    T* y = g.y + p * g.Q;
+    for (int64_t q = 0; q < g.Q; ++q) y[q] = ninf;
+    const int64_t hs = p * g.sh - g.ph;
+    const PoolTaps ti = pool_taps(hs, g.kh, g.dh, g.H);
+    for (int64_t i = ti.first; i < ti.end; ++i) {
+      const T* row = g.x + (hs + i * g.dh) * g.W;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        // Output q reads column q * sw + off; [q0, q1) are the q whose column exists.
+        const int64_t off = j * g.dw - g.pw;
+        const int64_t q0 = off < 0 ? (-off + g.sw - 1) / g.sw : 0;
+        const int64_t q1 = g.W - 1 - off < 0 ? 0 : ((g.W - 1 - off) / g.sw + 1 < g.Q ? (g.W - 1 - off) / g.sw + 1 : g.Q);
+        int64_t q = q0;
+        if (g.sw == 1) {
+          for (; q + L <= q1; q += L) vstore(y + q, max_nan<T>(vload(y + q), vload(row + q + off)));
+        } else if (g.sw == 2) {
+          // Two loads cover 2L columns; the last one read is 2 (q + L - 1) + off + 1.
+          for (; q + L <= q1 && 2 * (q + L - 1) + off + 1 < g.W; q += L) {
+            const T* src = row + 2 * q + off;
+            vstore(y + q, max_nan<T>(vload(y + q), __builtin_shuffle(vload(src), vload(src + L), even)));
+          }
+        }
+        for (; q < q1; ++q) y[q] = max_nan1(y[q], row[q * g.sw + off]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void maxpool(const MaxPoolArgs<T>& g) {
+  if (g.planes)
+    maxpool_planes(g);
+  else
+    maxpool_nhwc(g);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace effconv
