@@ -1,0 +1,46 @@
+"""effconv max_pool2d vs PyTorch (NCHW and channels_last), forward and
+forward+backward. Memory-bound like depthwise: GB/s counts one read of the
+input and one write of the output (the backward adds a read of the
+gradient and the input and a write of grad_input)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import effconv
+from conftest import measure
+
+SHAPES = json.loads((Path(__file__).parent / "shapes" / "max_pool2d.json").read_text())["shapes"]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+PROVIDERS = ["torch", "torch_cl", "effconv", "effconv_nchw"]
+CASES = [(s, m) for s in SHAPES for m in s["modes"]]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
+def test_max_pool2d(benchmark, record, shape, mode, provider):
+    s = shape
+    args = (s["k"], s["stride"], s["padding"], 1, s["ceil_mode"])
+    x = torch.randn(s["N"], s["C"], s["H"], s["W"], device=DEVICE)
+    if provider in ("torch_cl", "effconv"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = effconv.functional.max_pool2d if provider.startswith("effconv") else F.max_pool2d
+    train = mode == "fwd+bwd"
+    x.requires_grad_(train)
+    y = pool(x, *args)
+    if train:
+        dy = torch.randn_like(y)
+
+        def run():
+            torch.autograd.grad(pool(x, *args), x, dy)
+    else:
+        def run():
+            with torch.no_grad():
+                pool(x, *args)
+
+    nbytes = 4 * (x.numel() + y.numel()) * (3 if train else 1)
+    record("max_pool2d", s["name"], mode, provider, measure(benchmark, run, DEVICE), 0.0, nbytes)
