@@ -23,7 +23,7 @@ from effconv.ops import max_pool2d as _max_pool_op
 IntPair = Union[int, Sequence[int]]
 
 
-def _pair(name: str, value: IntPair) -> list[int]:
+def _pair(name: str, value: IntPair, what: str = "convolution") -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         return [value, value]
     try:
@@ -34,7 +34,7 @@ def _pair(name: str, value: IntPair) -> list[int]:
         return out * 2
     if len(out) != 2:
         raise RuntimeError(
-            f"expected {name} to be a single integer value or a list of 2 values to match the convolution "
+            f"expected {name} to be a single integer value or a list of 2 values to match the {what} "
             f"dimensions, but got {name}={list(value)}"
         )
     return out
@@ -274,18 +274,10 @@ def epilogue(
 
 
 def _pool_pair(name: str, value, default=None) -> list[int]:
-    """F.max_pool2d's argument rule: an int or one or two ints (stride: None or empty -> kernel_size)."""
+    """F.max_pool2d's argument rule: _pair's, and stride None or empty means kernel_size."""
     if default is not None and (value is None or (not isinstance(value, int) and len(value) == 0)):
         return list(default)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value, value]
-    try:
-        out = [int(v) for v in value]
-    except TypeError:
-        raise TypeError(f"max_pool2d: {name} must be an int or a sequence of 2 ints, got {value!r}") from None
-    if len(out) not in (1, 2):
-        raise RuntimeError(f"max_pool2d: {name} must either be a single int, or a tuple of two ints, got {out}")
-    return out * 2 if len(out) == 1 else out
+    return _pair(name, value, "pooling")
 
 
 def max_pool2d(

@@ -186,7 +186,7 @@ def test_max_pool2d_module_value_errors(kwargs, match):
     (lambda: effconv.functional.max_pool2d(torch.randn(1, 2, 2, 2), 3), r"output size \[2, 0, 0\]"),
     (lambda: effconv.functional.max_pool2d(torch.randn(1, 0, 4, 4), 2), "non-zero channels"),
     (lambda: effconv.functional.max_pool2d(torch.randn(1, 2, 4, 4), 2, stride=0), "expected positive stride"),
-    (lambda: effconv.functional.max_pool2d(torch.randn(1, 2, 4, 4), (2, 2, 2)), "single int, or a tuple of two"),
+    (lambda: effconv.functional.max_pool2d(torch.randn(1, 2, 4, 4), (2, 2, 2)), "match the pooling dimensions"),
     (lambda: torch.ops.effconv.max_pool2d_backward(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 4, 4), [2, 2],
                                                    [2, 2], [0, 0], [1, 1]), r"expected grad_output of size"),
 ])

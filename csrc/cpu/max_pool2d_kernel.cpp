@@ -79,8 +79,12 @@ void backward_image(const T* x, const T* go, T* gi, const Pool2dShape& s, int64_
           for (int64_t j = tj.first; j < tj.end; ++j) {
             const int64_t pix = (hs + i * s.dh) * s.W + ws + j * s.dw;
             const T* v = x + pix * cs + cb;
-            for (int64_t c = 0; c < nc; ++c)
-              if (v[c] > best[c] || v[c] != v[c]) best[c] = v[c], arg[c] = pix;
+            // Branch-free (random data mispredicts a branch about every other tap).
+            for (int64_t c = 0; c < nc; ++c) {
+              const bool take = (v[c] > best[c]) | (v[c] != v[c]);
+              best[c] = take ? v[c] : best[c];
+              arg[c] = take ? pix : arg[c];
+            }
           }
         const T* g = go + (p * s.Q + q) * cs + cb;
         for (int64_t c = 0; c < nc; ++c) gi[arg[c] * cs + cb + c] += g[c];
