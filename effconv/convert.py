@@ -4,9 +4,8 @@
     print(effconv.conversion_report(model))
 
 - every ``nn.Conv2d`` becomes an :class:`effconv.Conv2d` on the same tensors,
-  and every ``torchvision.ops.DeformConv2d`` an :class:`effconv.DeformConv2d`
-  (``nn.MaxPool2d`` stays: effconv's CPU max-pool backward is still ~3x
-  slower than PyTorch's, and convert() must not slow training down);
+  every ``torchvision.ops.DeformConv2d`` an :class:`effconv.DeformConv2d`
+  and every ``nn.MaxPool2d`` an :class:`effconv.MaxPool2d`;
 - inside ``nn.Sequential`` containers (torchvision's ``Conv2dNormActivation``
   included), Conv2d -> BatchNorm2d -> (ReLU | ReLU6 | SiLU | nothing) runs
   becomes one :class:`effconv.ConvBNAct2d` sharing the original parameters
@@ -34,6 +33,7 @@ from torch import nn
 from effconv.nn.conv import Conv2d
 from effconv.nn.conv_bn_act import ConvBNAct2d, activation_name
 from effconv.nn.deform import DeformConv2d
+from effconv.nn.pool import MaxPool2d
 
 
 @dataclasses.dataclass
@@ -122,6 +122,14 @@ def _convert_child(child: nn.Module, where: str, parent: nn.Module | None, fuse:
     if type(child) is nn.Conv2d:
         report.converted.append((where, "nn.Conv2d -> effconv.Conv2d"))
         return Conv2d.from_torch(child)
+    if type(child) is nn.MaxPool2d:
+        try:
+            pool = MaxPool2d.from_torch(child)
+        except ValueError as e:  # arguments PyTorch itself rejects at call time
+            report.kept.append((where, f"nn.MaxPool2d with invalid arguments ({e})"))
+            return child
+        report.converted.append((where, "nn.MaxPool2d -> effconv.MaxPool2d"))
+        return pool
     if _is_torchvision_deform(child):
         report.converted.append((where, "torchvision.ops.DeformConv2d -> effconv.DeformConv2d"))
         return DeformConv2d.from_torchvision(child)

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from effconv.kernels import _config
 from effconv.kernels.epilogue import apply_epilogue
-from effconv.kernels.indexing import output_pixel
+from effconv.kernels.indexing import output_pixel, pixel_tile, tap_output
 
 
 @triton.jit
@@ -39,12 +39,7 @@ def depthwise_fwd_kernel(
     """STATS: per-channel sum and sum of squares of this tile's outputs go to
     row n * tiles + tile of the zeroed workspace stats_ptr [2, stats_rows, K]."""
     n = tl.program_id(0)
-    tiles_q = tl.cdiv(Q, BLOCK_Q)
-    p0 = (tl.program_id(1) // tiles_q) * BLOCK_P
-    q0 = (tl.program_id(1) % tiles_q) * BLOCK_Q
-    offs_m = tl.arange(0, BLOCK_P * BLOCK_Q)
-    p = p0 + offs_m // BLOCK_Q
-    q = q0 + offs_m % BLOCK_Q
+    p, q = pixel_tile(tl.program_id(1), Q, BLOCK_P, BLOCK_Q)
     offs_k = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_m = (p < P) & (q < Q)
     mask_k = offs_k < K
@@ -81,12 +76,7 @@ def depthwise_grad_input_kernel(
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     n = tl.program_id(0)
-    tiles_w = tl.cdiv(W, BLOCK_Q)
-    h0 = (tl.program_id(1) // tiles_w) * BLOCK_P
-    w0 = (tl.program_id(1) % tiles_w) * BLOCK_Q
-    offs_m = tl.arange(0, BLOCK_P * BLOCK_Q)
-    h = h0 + offs_m // BLOCK_Q
-    w = w0 + offs_m % BLOCK_Q
+    h, w = pixel_tile(tl.program_id(1), W, BLOCK_P, BLOCK_Q)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_m = (h < H) & (w < W)
     mask_c = offs_c < C
@@ -95,12 +85,9 @@ def depthwise_grad_input_kernel(
     for rs in range(R * S):
         r = rs // S
         s = rs - r * S
-        ph = h + pad_h - r * dil_h
-        pw = w + pad_w - s * dil_w
-        pp = ph // stride_h
-        qq = pw // stride_w
         # The output pixel whose tap (r, s) read this input pixel, if any.
-        valid = mask_m & (ph >= 0) & (pw >= 0) & (pp * stride_h == ph) & (qq * stride_w == pw) & (pp < P) & (qq < Q)
+        pp, qq, valid = tap_output(h, w, r, s, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+        valid = valid & mask_m
         dy_off = pp.to(IDX) * sdp + qq.to(IDX) * sdq
         for j in range(MULT):
             k = offs_c * MULT + j

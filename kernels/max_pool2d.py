@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from effconv.kernels import _config
+from effconv.kernels.indexing import pixel_tile, tap_output
 
 
 @triton.jit
@@ -31,10 +32,7 @@ def max_pool2d_fwd_kernel(
 ):
     """Compares in ACC_DTYPE (exact: float16/bfloat16 widen losslessly)."""
     n = tl.program_id(0)
-    tiles_q = tl.cdiv(Q, BLOCK_Q)
-    offs_m = tl.arange(0, BLOCK_P * BLOCK_Q)
-    p = (tl.program_id(1) // tiles_q) * BLOCK_P + offs_m // BLOCK_Q
-    q = (tl.program_id(1) % tiles_q) * BLOCK_Q + offs_m % BLOCK_Q
+    p, q = pixel_tile(tl.program_id(1), Q, BLOCK_P, BLOCK_Q)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_m = (p < P) & (q < Q)
     mask_c = offs_c < C
@@ -71,10 +69,7 @@ def max_pool2d_bwd_kernel(
     beats it. (An all -inf window credits its first valid tap, as PyTorch's
     saved index does.) One flag per element, no argmax to carry."""
     n = tl.program_id(0)
-    tiles_w = tl.cdiv(W, BLOCK_Q)
-    offs_m = tl.arange(0, BLOCK_P * BLOCK_Q)
-    h = (tl.program_id(1) // tiles_w) * BLOCK_P + offs_m // BLOCK_Q
-    w = (tl.program_id(1) % tiles_w) * BLOCK_Q + offs_m % BLOCK_Q
+    h, w = pixel_tile(tl.program_id(1), W, BLOCK_P, BLOCK_Q)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_m = (h < H) & (w < W)
     mask_c = offs_c < C
@@ -88,13 +83,8 @@ def max_pool2d_bwd_kernel(
     for rs in range(R * S):
         r = rs // S
         s = rs - r * S
-        # The output whose window puts tap (r, s) on pixel (h, w). (Triton's
-        # integer // truncates: negative th are excluded before it matters.)
-        th = h + pad_h - r * dil_h
-        tw = w + pad_w - s * dil_w
-        p = th // stride_h
-        q = tw // stride_w
-        hit = mask_m & (th >= 0) & (tw >= 0) & (p * stride_h == th) & (q * stride_w == tw) & (p < P) & (q < Q)
+        p, q, hit = tap_output(h, w, r, s, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+        hit = hit & mask_m
         mine = hit[:, None] & mask_c[None, :]
         for rs2 in tl.static_range(R * S):
             r2 = rs2 // S

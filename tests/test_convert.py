@@ -65,6 +65,8 @@ def test_report_and_keys():
     assert "bn1" in kept and "forward decides" in kept["bn1"]
     converted = dict(report.converted)
     assert converted["conv1"] == "nn.Conv2d -> effconv.Conv2d"
+    assert converted["maxpool"] == "nn.MaxPool2d -> effconv.MaxPool2d"
+    assert isinstance(ours.maxpool, effconv.MaxPool2d)
     assert "ConvBNAct2d" in converted["layer2.0.downsample"]
     assert isinstance(ours.layer2[0].downsample, effconv.ConvBNAct2d)
     # Whole-Sequential replacements keep the state_dict keys.

@@ -3,8 +3,8 @@
 // Backward: each window's argmax is recomputed from the input with the
 // forward's rule (first maximum, a NaN wins; the first valid tap when every
 // value is -inf: where PyTorch's saved index points), so nothing
-// activation-sized is saved. Threads own disjoint channels, so the
-// accumulation into overlapping windows is race-free and deterministic.
+// activation-sized is saved. Threads own disjoint channels (or planes), so
+// the accumulation into overlapping windows is race-free and deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -57,13 +57,10 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, const Pool2dShape& s, boo
   });
 }
 
-// Adds grad_output to the argmax of every window of one image, channels
-// [c0, c1) of cs-strided pixels (cs = C channels_last, 1 for a plane).
+// Adds grad_output to the argmax of every window of one NCHW plane
+// (channels_last runs the ISA kernel, vectorised over channels).
 template <typename T>
-void backward_image(const T* x, const T* go, T* gi, const Pool2dShape& s, int64_t cs, int64_t c0, int64_t c1) {
-  constexpr int64_t kBlock = 16;
-  T best[kBlock];
-  int64_t arg[kBlock];
+void backward_plane(const T* x, const T* go, T* gi, const Pool2dShape& s) {
   for (int64_t p = 0; p < s.P; ++p) {
     const int64_t hs = p * s.sh - s.ph;
     const PoolTaps ti = pool_taps(hs, s.kh, s.dh, s.H);
@@ -71,24 +68,17 @@ void backward_image(const T* x, const T* go, T* gi, const Pool2dShape& s, int64_
       const int64_t ws = q * s.sw - s.pw;
       const PoolTaps tj = pool_taps(ws, s.kw, s.dw, s.W);
       if (ti.first == ti.end || tj.first == tj.end) continue;  // an all-padding window has no input to credit
-      const int64_t first = (hs + ti.first * s.dh) * s.W + ws + tj.first * s.dw;
-      for (int64_t cb = c0; cb < c1; cb += kBlock) {
-        const int64_t nc = std::min(kBlock, c1 - cb);
-        for (int64_t c = 0; c < nc; ++c) best[c] = -std::numeric_limits<T>::infinity(), arg[c] = first;
-        for (int64_t i = ti.first; i < ti.end; ++i)
-          for (int64_t j = tj.first; j < tj.end; ++j) {
-            const int64_t pix = (hs + i * s.dh) * s.W + ws + j * s.dw;
-            const T* v = x + pix * cs + cb;
-            // Branch-free (random data mispredicts a branch about every other tap).
-            for (int64_t c = 0; c < nc; ++c) {
-              const bool take = (v[c] > best[c]) | (v[c] != v[c]);
-              best[c] = take ? v[c] : best[c];
-              arg[c] = take ? pix : arg[c];
-            }
-          }
-        const T* g = go + (p * s.Q + q) * cs + cb;
-        for (int64_t c = 0; c < nc; ++c) gi[arg[c] * cs + cb + c] += g[c];
-      }
+      T best = -std::numeric_limits<T>::infinity();
+      int64_t arg = (hs + ti.first * s.dh) * s.W + ws + tj.first * s.dw;
+      for (int64_t i = ti.first; i < ti.end; ++i)
+        for (int64_t j = tj.first; j < tj.end; ++j) {
+          const int64_t pix = (hs + i * s.dh) * s.W + ws + j * s.dw;
+          // Branch-free: random data mispredicts a branch about every other tap.
+          const bool take = (x[pix] > best) | (x[pix] != x[pix]);
+          best = take ? x[pix] : best;
+          arg = take ? pix : arg;
+        }
+      gi[arg] += go[p * s.Q + q];
     }
   }
 }
@@ -99,20 +89,33 @@ void backward_typed(const at::Tensor& x, const at::Tensor& go, at::Tensor& gi, c
   const T* gop = go.data_ptr<T>();
   T* gip = gi.data_ptr<T>();
   if (rows) {
-    // (image, block of 16 channels) tasks: disjoint outputs.
-    const int64_t blocks = ceil_div(s.C, 16);
-    at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
+    // (image, channel range) tasks: disjoint outputs. Whole vectors per
+    // range, enough ranges per image to feed every thread at batch 1.
+    const IsaKernels& isa = isa_kernels();
+    const int64_t L = isa.lanes<T>(), vecs = ceil_div(s.C, L);
+    const int64_t parts = std::min(vecs, std::max<int64_t>(1, ceil_div(2 * at::get_num_threads(), s.N)));
+    const int64_t per = ceil_div(vecs, parts) * L;
+    MaxPoolBwdArgs<T> args;
+    args.C = s.C, args.H = s.H, args.W = s.W, args.P = s.P, args.Q = s.Q;
+    args.kh = s.kh, args.kw = s.kw, args.sh = s.sh, args.sw = s.sw;
+    args.ph = s.ph, args.pw = s.pw, args.dh = s.dh, args.dw = s.dw;
+    at::parallel_for(0, s.N * parts, 1, [&](int64_t begin, int64_t end) {
+      MaxPoolBwdArgs<T> part = args;
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / blocks, c0 = t % blocks * 16;
-        backward_image<T>(xp + n * s.H * s.W * s.C, gop + n * s.P * s.Q * s.C, gip + n * s.H * s.W * s.C, s, s.C,
-                          c0, std::min(s.C, c0 + 16));
+        const int64_t n = t / parts;
+        part.c0 = t % parts * per;
+        part.c1 = std::min(s.C, part.c0 + per);
+        if (part.c0 >= part.c1) continue;
+        part.x = xp + n * s.H * s.W * s.C;
+        part.go = gop + n * s.P * s.Q * s.C;
+        part.gi = gip + n * s.H * s.W * s.C;
+        isa.maxpool_backward(part);
       }
     });
   } else {
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.P * s.Q * s.kh * s.kw));
     at::parallel_for(0, s.N * s.C, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t)
-        backward_image<T>(xp + t * s.H * s.W, gop + t * s.P * s.Q, gip + t * s.H * s.W, s, 1, 0, 1);
+      for (int64_t t = begin; t < end; ++t) backward_plane<T>(xp + t * s.H * s.W, gop + t * s.P * s.Q, gip + t * s.H * s.W, s);
     });
   }
 }
@@ -148,14 +151,18 @@ void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
   const bool rows = rows_layout(grad_input);
   const at::ScalarType ct = compute_type(input.scalar_type());
   const at::Tensor x = in_layout(input, ct, rows), go = in_layout(grad_output, ct, rows);
-  at::Tensor gi = at::zeros_like(x);  // x's dtype and layout: dense, so plain offsets index it
+  // Accumulate in place when grad_input is dense in x's layout and dtype (plain offsets index it).
+  const bool direct = grad_input.scalar_type() == ct &&
+                      grad_input.is_contiguous(rows ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  at::Tensor gi = direct ? grad_input : at::empty_like(x);
+  gi.zero_();
   if (gi.numel() > 0 && go.numel() > 0) {
     if (ct == at::kDouble)
       backward_typed<double>(x, go, gi, s, rows);
     else
       backward_typed<float>(x, go, gi, s, rows);
   }
-  grad_input.copy_(gi);
+  if (!direct) grad_input.copy_(gi);
 }
 
 }  // namespace cpu

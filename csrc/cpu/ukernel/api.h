@@ -381,6 +381,19 @@ struct MaxPoolArgs {
   int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
 };
 
+// Max pooling backward, channels_last, one image, channels [c0, c1): adds
+// each output's gradient go[(p * Q + q) * C + c] to its window's argmax in
+// gi (zeroed by the caller), with the forward's rule (first maximum, a NaN
+// wins; an all -inf window credits its first valid tap).
+template <typename T>
+struct MaxPoolBwdArgs {
+  const T* x = nullptr;
+  const T* go = nullptr;
+  T* gi = nullptr;
+  int64_t C = 0, H = 0, W = 0, P = 0, Q = 0, c0 = 0, c1 = 0;
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+};
+
 // The ISAs whose igemm has the channel-interleaved kernel (impl.h's kCi4).
 constexpr bool isa_has_ci4(int vec_bytes, int vec_regs) { return vec_bytes == 64 && vec_regs >= 32; }
 
@@ -419,6 +432,8 @@ struct IsaKernels {
   void (*wino_output_f64)(const WinoArgs<double>&);
   void (*maxpool_f32)(const MaxPoolArgs<float>&);
   void (*maxpool_f64)(const MaxPoolArgs<double>&);
+  void (*maxpool_backward_f32)(const MaxPoolBwdArgs<float>&);
+  void (*maxpool_backward_f64)(const MaxPoolBwdArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -461,6 +476,8 @@ struct IsaKernels {
   void wino_output(const WinoArgs<double>& a) const { wino_output_f64(a); }
   void maxpool(const MaxPoolArgs<float>& a) const { maxpool_f32(a); }
   void maxpool(const MaxPoolArgs<double>& a) const { maxpool_f64(a); }
+  void maxpool_backward(const MaxPoolBwdArgs<float>& a) const { maxpool_backward_f32(a); }
+  void maxpool_backward(const MaxPoolBwdArgs<double>& a) const { maxpool_backward_f64(a); }
 };
 
 extern const IsaKernels kIsaBaseline;

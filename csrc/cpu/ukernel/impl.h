@@ -1463,6 +1463,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &deform_col_backward<float>, &deform_col_backward<double>,         \
                           &wino_input<float>, &wino_input<double>,                           \
                           &wino_output<float>, &wino_output<double>,                         \
-                          &maxpool<float>,  &maxpool<double>};                               \
+                          &maxpool<float>,  &maxpool<double>,                                \
+                          &maxpool_backward<float>, &maxpool_backward<double>};              \
   }                                                                                          \
   }

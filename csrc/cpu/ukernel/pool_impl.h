@@ -1,7 +1,7 @@
-// Max pooling forward (MaxPoolArgs in api.h), compiled per ISA with impl.h.
-// channels_last: vectors run over channels, four at a time (independent
-// max chains); planes (NCHW): vectors run along the output row, with
-// stride-2 windows de-interleaved from two loads.
+// Max pooling (MaxPoolArgs, MaxPoolBwdArgs in api.h), compiled per ISA with
+// impl.h. channels_last: vectors run over channels (the forward four at a
+// time: independent max chains); planes (NCHW, forward): vectors run along
+// the output row, with stride-2 windows de-interleaved from two loads.
 #pragma once
 #include <limits>
 
@@ -98,6 +98,51 @@ void maxpool_planes(const MaxPoolArgs<T>& g) {
           }
         }
         for (; q < q1; ++q) y[q] = max_nan1(y[q], row[q * g.sw + off]);
+      }
+    }
+  }
+}
+
+// Per output pixel and channel vector: the argmax as a vector of pixel
+// indices, then one masked read-modify-write of gi per tap (no per-lane
+// scatter; lanes of one vector never collide, they are different channels).
+template <typename T>
+void maxpool_backward(const MaxPoolBwdArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  typedef typename VecTraits<T>::I I;
+  const vec_t<T> ninf = vsplat<T>(-std::numeric_limits<T>::infinity()), zero{};
+  const int64_t C = g.C;
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t hs = p * g.sh - g.ph;
+    const PoolTaps ti = pool_taps(hs, g.kh, g.dh, g.H);
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t ws = q * g.sw - g.pw;
+      const PoolTaps tj = pool_taps(ws, g.kw, g.dw, g.W);
+      if (ti.first == ti.end || tj.first == tj.end) continue;  // no input under the window
+      const int64_t first = (hs + ti.first * g.dh) * g.W + ws + tj.first * g.dw;
+      for (int64_t c = g.c0; c < g.c1; c += L) {
+        const int64_t n = g.c1 - c < L ? g.c1 - c : L;
+        vec_t<T> best = ninf;
+        ivec_t<T> arg = ivec_t<T>{} + I(first);
+        for (int64_t i = ti.first; i < ti.end; ++i)
+          for (int64_t j = tj.first; j < tj.end; ++j) {
+            const int64_t pix = (hs + i * g.dh) * g.W + ws + j * g.dw;
+            const vec_t<T> v = vload_any(g.x + pix * C + c, n);
+            const ivec_t<T> take = (v > best) | (v != v);
+            best = take ? v : best;
+            arg = take ? ivec_t<T>{} + I(pix) : arg;
+          }
+        const vec_t<T> gv = vload_any(g.go + (p * g.Q + q) * C + c, n);
+        for (int64_t i = ti.first; i < ti.end; ++i)
+          for (int64_t j = tj.first; j < tj.end; ++j) {
+            const int64_t pix = (hs + i * g.dh) * g.W + ws + j * g.dw;
+            const vec_t<T> add = arg == I(pix) ? gv : zero;
+            T* d = g.gi + pix * C + c;
+            if (n == L)
+              vstore(d, vload(d) + add);
+            else
+              vstore_n(d, vload_n(d, n) + add, n);
+          }
       }
     }
   }
