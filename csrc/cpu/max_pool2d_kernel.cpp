@@ -33,23 +33,21 @@ template <typename T>
 void forward_typed(const at::Tensor& x, at::Tensor& y, const Pool2dShape& s, bool rows) {
   MaxPoolArgs<T> args;
   args.planes = !rows;
-  args.C = rows ? s.C : 1;
-  args.H = s.H, args.W = s.W, args.Q = s.Q;
-  args.kh = s.kh, args.kw = s.kw, args.sh = s.sh, args.sw = s.sw;
-  args.ph = s.ph, args.pw = s.pw, args.dh = s.dh, args.dw = s.dw;
+  args.cs = rows ? s.C : 1;
+  args.s = s;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const IsaKernels& isa = isa_kernels();
   // Work items: output rows of every image (channels_last) or plane (NCHW).
   const int64_t images = rows ? s.N : s.N * s.C;
-  const int64_t row_cost = std::max<int64_t>(1, s.Q * args.C * s.kh * s.kw);
+  const int64_t row_cost = std::max<int64_t>(1, s.Q * args.cs * s.kh * s.kw);
   const int64_t grain = std::max<int64_t>(1, 65536 / row_cost);
   at::parallel_for(0, images * s.P, grain, [&](int64_t begin, int64_t end) {
     MaxPoolArgs<T> part = args;
     for (int64_t r = begin; r < end;) {
       const int64_t img = r / s.P, p0 = r % s.P, p1 = std::min(s.P, p0 + (end - r));
-      part.x = xp + img * s.H * s.W * args.C;
-      part.y = yp + img * s.P * s.Q * args.C;
+      part.x = xp + img * s.H * s.W * args.cs;
+      part.y = yp + img * s.P * s.Q * args.cs;
       part.p0 = p0, part.p1 = p1;
       isa.maxpool(part);
       r += p1 - p0;
@@ -61,18 +59,15 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, const Pool2dShape& s, boo
 // (channels_last runs the ISA kernel, vectorised over channels).
 template <typename T>
 void backward_plane(const T* x, const T* go, T* gi, const Pool2dShape& s) {
-  for (int64_t p = 0; p < s.P; ++p) {
-    const int64_t hs = p * s.sh - s.ph;
-    const PoolTaps ti = pool_taps(hs, s.kh, s.dh, s.H);
+  for (int64_t p = 0; p < s.P; ++p)
     for (int64_t q = 0; q < s.Q; ++q) {
-      const int64_t ws = q * s.sw - s.pw;
-      const PoolTaps tj = pool_taps(ws, s.kw, s.dw, s.W);
-      if (ti.first == ti.end || tj.first == tj.end) continue;  // an all-padding window has no input to credit
+      const PoolWindow win = pool_window(s, p, q);
+      if (win.empty()) continue;  // an all-padding window has no input to credit
       T best = -std::numeric_limits<T>::infinity();
-      int64_t arg = (hs + ti.first * s.dh) * s.W + ws + tj.first * s.dw;
-      for (int64_t i = ti.first; i < ti.end; ++i)
-        for (int64_t j = tj.first; j < tj.end; ++j) {
-          const int64_t pix = (hs + i * s.dh) * s.W + ws + j * s.dw;
+      int64_t arg = win.first();
+      for (int64_t i = win.ti.first; i < win.ti.end; ++i)
+        for (int64_t j = win.tj.first; j < win.tj.end; ++j) {
+          const int64_t pix = win.pixel(i, j);
           // Branch-free: random data mispredicts a branch about every other tap.
           const bool take = (x[pix] > best) | (x[pix] != x[pix]);
           best = take ? x[pix] : best;
@@ -80,7 +75,6 @@ void backward_plane(const T* x, const T* go, T* gi, const Pool2dShape& s) {
         }
       gi[arg] += go[p * s.Q + q];
     }
-  }
 }
 
 template <typename T>
@@ -96,9 +90,7 @@ void backward_typed(const at::Tensor& x, const at::Tensor& go, at::Tensor& gi, c
     const int64_t parts = std::min(vecs, std::max<int64_t>(1, ceil_div(2 * at::get_num_threads(), s.N)));
     const int64_t per = ceil_div(vecs, parts) * L;
     MaxPoolBwdArgs<T> args;
-    args.C = s.C, args.H = s.H, args.W = s.W, args.P = s.P, args.Q = s.Q;
-    args.kh = s.kh, args.kw = s.kw, args.sh = s.sh, args.sw = s.sw;
-    args.ph = s.ph, args.pw = s.pw, args.dh = s.dh, args.dw = s.dw;
+    args.s = s;
     at::parallel_for(0, s.N * parts, 1, [&](int64_t begin, int64_t end) {
       MaxPoolBwdArgs<T> part = args;
       for (int64_t t = begin; t < end; ++t) {

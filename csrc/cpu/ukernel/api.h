@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "effconv/pool2d_shape.h"
+
 namespace effconv {
 namespace cpu {
 
@@ -369,16 +371,16 @@ struct WinoArgs {
 };
 
 // Max pooling forward, output rows [p0, p1) of one image (F.max_pool2d:
-// NaN wins, windows skip the padding). channels_last: pixel (h, w) at
-// x + (h * W + w) * C, output pixel (p, q) at y + (p * Q + q) * C. planes
-// (NCHW): one channel, pixel (h, w) at x + h * W + w, output at y + p * Q + q.
+// NaN wins, windows skip the padding). channels_last (cs = s.C): pixel
+// (h, w) at x + (h * W + w) * C, output pixel (p, q) at y + (p * Q + q) * C.
+// planes (NCHW, cs = 1): one channel, pixel (h, w) at x + h * W + w.
 template <typename T>
 struct MaxPoolArgs {
   const T* x = nullptr;
   T* y = nullptr;
   bool planes = false;
-  int64_t C = 1, H = 0, W = 0, Q = 0, p0 = 0, p1 = 0;
-  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t cs = 1, p0 = 0, p1 = 0;
+  Pool2dShape s;
 };
 
 // Max pooling backward, channels_last, one image, channels [c0, c1): adds
@@ -390,8 +392,8 @@ struct MaxPoolBwdArgs {
   const T* x = nullptr;
   const T* go = nullptr;
   T* gi = nullptr;
-  int64_t C = 0, H = 0, W = 0, P = 0, Q = 0, c0 = 0, c1 = 0;
-  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t c0 = 0, c1 = 0;
+  Pool2dShape s;
 };
 
 // The ISAs whose igemm has the channel-interleaved kernel (impl.h's kCi4).

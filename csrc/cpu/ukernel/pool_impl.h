@@ -26,28 +26,23 @@ template <typename T>
 void maxpool_nhwc(const MaxPoolArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   const vec_t<T> ninf = vsplat<T>(-std::numeric_limits<T>::infinity());
-  const int64_t C = g.C;
+  const Pool2dShape& s = g.s;
+  const int64_t C = s.C;
   for (int64_t p = g.p0; p < g.p1; ++p) {
-    const int64_t hs = p * g.sh - g.ph;
-    const PoolTaps ti = pool_taps(hs, g.kh, g.dh, g.H);
-    for (int64_t q = 0; q < g.Q; ++q) {
-      const int64_t ws = q * g.sw - g.pw;
-      const PoolTaps tj = pool_taps(ws, g.kw, g.dw, g.W);
-      const T* base = g.x + ((hs + ti.first * g.dh) * g.W + ws + tj.first * g.dw) * C;
-      const int64_t row_step = g.dh * g.W * C, col_step = g.dw * C;
-      T* y = g.y + (p * g.Q + q) * C;
+    for (int64_t q = 0; q < s.Q; ++q) {
+      const PoolWindow win = pool_window(s, p, q);
+      T* y = g.y + (p * s.Q + q) * C;
       int64_t c = 0;
       for (; c + 4 * L <= C; c += 4 * L) {
         vec_t<T> m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
-        for (int64_t i = ti.first; i < ti.end; ++i) {
-          const T* px = base + (i - ti.first) * row_step + c;
-          for (int64_t j = tj.first; j < tj.end; ++j, px += col_step) {
+        for (int64_t i = win.ti.first; i < win.ti.end; ++i)
+          for (int64_t j = win.tj.first; j < win.tj.end; ++j) {
+            const T* px = g.x + win.pixel(i, j) * C + c;
             m0 = max_nan<T>(m0, vload(px));
             m1 = max_nan<T>(m1, vload(px + L));
             m2 = max_nan<T>(m2, vload(px + 2 * L));
             m3 = max_nan<T>(m3, vload(px + 3 * L));
           }
-        }
         vstore(y + c, m0);
         vstore(y + c + L, m1);
         vstore(y + c + 2 * L, m2);
@@ -56,10 +51,8 @@ void maxpool_nhwc(const MaxPoolArgs<T>& g) {
       for (; c < C; c += L) {
         const int64_t n = C - c < L ? C - c : L;
         vec_t<T> m = ninf;
-        for (int64_t i = ti.first; i < ti.end; ++i) {
-          const T* px = base + (i - ti.first) * row_step + c;
-          for (int64_t j = tj.first; j < tj.end; ++j, px += col_step) m = max_nan<T>(m, vload_any(px, n));
-        }
+        for (int64_t i = win.ti.first; i < win.ti.end; ++i)
+          for (int64_t j = win.tj.first; j < win.tj.end; ++j) m = max_nan<T>(m, vload_any(g.x + win.pixel(i, j) * C + c, n));
         if (n == L)
           vstore(y + c, m);
         else
@@ -73,31 +66,32 @@ template <typename T>
 void maxpool_planes(const MaxPoolArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   const T ninf = -std::numeric_limits<T>::infinity();
+  const Pool2dShape& s = g.s;
   ivec_t<T> even;
   for (int l = 0; l < L; ++l) even[l] = 2 * l;
   for (int64_t p = g.p0; p < g.p1; ++p) {
-    T* y = g.y + p * g.Q;
-    for (int64_t q = 0; q < g.Q; ++q) y[q] = ninf;
-    const int64_t hs = p * g.sh - g.ph;
-    const PoolTaps ti = pool_taps(hs, g.kh, g.dh, g.H);
+    T* y = g.y + p * s.Q;
+    for (int64_t q = 0; q < s.Q; ++q) y[q] = ninf;
+    const int64_t hs = p * s.sh - s.ph;
+    const PoolTaps ti = pool_taps(hs, s.kh, s.dh, s.H);
     for (int64_t i = ti.first; i < ti.end; ++i) {
-      const T* row = g.x + (hs + i * g.dh) * g.W;
-      for (int64_t j = 0; j < g.kw; ++j) {
+      const T* row = g.x + (hs + i * s.dh) * s.W;
+      for (int64_t j = 0; j < s.kw; ++j) {
         // Output q reads column q * sw + off; [q0, q1) are the q whose column exists.
-        const int64_t off = j * g.dw - g.pw;
-        const int64_t q0 = off < 0 ? (-off + g.sw - 1) / g.sw : 0;
-        const int64_t q1 = g.W - 1 - off < 0 ? 0 : ((g.W - 1 - off) / g.sw + 1 < g.Q ? (g.W - 1 - off) / g.sw + 1 : g.Q);
+        const int64_t off = j * s.dw - s.pw;
+        const int64_t q0 = off < 0 ? (-off + s.sw - 1) / s.sw : 0;
+        const int64_t q1 = s.W - 1 - off < 0 ? 0 : ((s.W - 1 - off) / s.sw + 1 < s.Q ? (s.W - 1 - off) / s.sw + 1 : s.Q);
         int64_t q = q0;
-        if (g.sw == 1) {
+        if (s.sw == 1) {
           for (; q + L <= q1; q += L) vstore(y + q, max_nan<T>(vload(y + q), vload(row + q + off)));
-        } else if (g.sw == 2) {
+        } else if (s.sw == 2) {
           // Two loads cover 2L columns; the last one read is 2 (q + L - 1) + off + 1.
-          for (; q + L <= q1 && 2 * (q + L - 1) + off + 1 < g.W; q += L) {
+          for (; q + L <= q1 && 2 * (q + L - 1) + off + 1 < s.W; q += L) {
             const T* src = row + 2 * q + off;
             vstore(y + q, max_nan<T>(vload(y + q), __builtin_shuffle(vload(src), vload(src + L), even)));
           }
         }
-        for (; q < q1; ++q) y[q] = max_nan1(y[q], row[q * g.sw + off]);
+        for (; q < q1; ++q) y[q] = max_nan1(y[q], row[q * s.sw + off]);
       }
     }
   }
@@ -111,31 +105,28 @@ void maxpool_backward(const MaxPoolBwdArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   typedef typename VecTraits<T>::I I;
   const vec_t<T> ninf = vsplat<T>(-std::numeric_limits<T>::infinity()), zero{};
-  const int64_t C = g.C;
-  for (int64_t p = 0; p < g.P; ++p) {
-    const int64_t hs = p * g.sh - g.ph;
-    const PoolTaps ti = pool_taps(hs, g.kh, g.dh, g.H);
-    for (int64_t q = 0; q < g.Q; ++q) {
-      const int64_t ws = q * g.sw - g.pw;
-      const PoolTaps tj = pool_taps(ws, g.kw, g.dw, g.W);
-      if (ti.first == ti.end || tj.first == tj.end) continue;  // no input under the window
-      const int64_t first = (hs + ti.first * g.dh) * g.W + ws + tj.first * g.dw;
+  const Pool2dShape& s = g.s;
+  const int64_t C = s.C;
+  for (int64_t p = 0; p < s.P; ++p) {
+    for (int64_t q = 0; q < s.Q; ++q) {
+      const PoolWindow win = pool_window(s, p, q);
+      if (win.empty()) continue;  // no input under the window
       for (int64_t c = g.c0; c < g.c1; c += L) {
         const int64_t n = g.c1 - c < L ? g.c1 - c : L;
         vec_t<T> best = ninf;
-        ivec_t<T> arg = ivec_t<T>{} + I(first);
-        for (int64_t i = ti.first; i < ti.end; ++i)
-          for (int64_t j = tj.first; j < tj.end; ++j) {
-            const int64_t pix = (hs + i * g.dh) * g.W + ws + j * g.dw;
+        ivec_t<T> arg = ivec_t<T>{} + I(win.first());
+        for (int64_t i = win.ti.first; i < win.ti.end; ++i)
+          for (int64_t j = win.tj.first; j < win.tj.end; ++j) {
+            const int64_t pix = win.pixel(i, j);
             const vec_t<T> v = vload_any(g.x + pix * C + c, n);
             const ivec_t<T> take = (v > best) | (v != v);
             best = take ? v : best;
             arg = take ? ivec_t<T>{} + I(pix) : arg;
           }
-        const vec_t<T> gv = vload_any(g.go + (p * g.Q + q) * C + c, n);
-        for (int64_t i = ti.first; i < ti.end; ++i)
-          for (int64_t j = tj.first; j < tj.end; ++j) {
-            const int64_t pix = (hs + i * g.dh) * g.W + ws + j * g.dw;
+        const vec_t<T> gv = vload_any(g.go + (p * s.Q + q) * C + c, n);
+        for (int64_t i = win.ti.first; i < win.ti.end; ++i)
+          for (int64_t j = win.tj.first; j < win.tj.end; ++j) {
+            const int64_t pix = win.pixel(i, j);
             const vec_t<T> add = arg == I(pix) ? gv : zero;
             T* d = g.gi + pix * C + c;
             if (n == L)

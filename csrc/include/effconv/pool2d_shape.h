@@ -37,4 +37,19 @@ struct Pool2dShape {
   int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
 };
 
+// The window of output pixel (p, q): its valid taps along each axis and the
+// input pixel (h * W + w) of each tap.
+struct PoolWindow {
+  int64_t hs, ws, W, dh, dw;  // hs, ws: the window's corner (negative in the padding)
+  PoolTaps ti, tj;
+  EFFCONV_HD_MEMBER bool empty() const { return ti.first == ti.end || tj.first == tj.end; }
+  EFFCONV_HD_MEMBER int64_t pixel(int64_t i, int64_t j) const { return (hs + i * dh) * W + ws + j * dw; }
+  // Where PyTorch's saved index points when no tap beats -inf.
+  EFFCONV_HD_MEMBER int64_t first() const { return pixel(ti.first, tj.first); }
+};
+EFFCONV_HD PoolWindow pool_window(const Pool2dShape& s, int64_t p, int64_t q) {
+  const int64_t hs = p * s.sh - s.ph, ws = q * s.sw - s.pw;
+  return {hs, ws, s.W, s.dh, s.dw, pool_taps(hs, s.kh, s.dh, s.H), pool_taps(ws, s.kw, s.dw, s.W)};
+}
+
 }  // namespace effconv
