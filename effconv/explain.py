@@ -52,9 +52,10 @@ def _row(where: str, choice: backends.Choice) -> dict[str, str]:
 
 def _pool_choice(pool: nn.MaxPool2d, device, dtype) -> backends.Choice:
     """A parameter-free pooling layer: on `device`/`dtype` when given, else CPU float32."""
+    from torch.nn.modules.utils import _pair as pair
+
     from effconv.ops import max_pool2d
 
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     kernel = max_pool2d.describe(pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), pair(pool.padding),
                                  pair(pool.dilation), pool.ceil_mode)
     if pool.return_indices:

@@ -34,6 +34,19 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
+@pytest.fixture(params=["avx2", "baseline"])
+def other_isa(request):
+    """Runs the test on another ISA build of the CPU microkernels, then restores the selected one."""
+    from effconv import _ext
+
+    C = _ext.C()
+    before = C.cpu_isa()
+    if not C.set_cpu_isa(request.param):
+        pytest.skip(f"this CPU cannot run the {request.param} build")
+    yield request.param
+    C.set_cpu_isa(before)
+
+
 def pytest_report_header(config):
     from effconv import _ext
 

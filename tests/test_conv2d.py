@@ -235,16 +235,6 @@ def test_backward_is_deterministic(gen):
         assert torch.equal(a, b_)
 
 
-@pytest.fixture(params=["avx2", "baseline"])
-def other_isa(request):
-    C = _ext.C()
-    before = C.cpu_isa()
-    if not C.set_cpu_isa(request.param):
-        pytest.skip(f"this CPU cannot run the {request.param} build")
-    yield request.param
-    C.set_cpu_isa(before)
-
-
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in (
     "pw1x1", "3x3_s2", "g32_resnext", "wide_channels", "rows_merged_dil21", "narrow_out_3x3",
     "winograd_p0_tails_nobias")])

@@ -118,9 +118,9 @@ void bn_act_backward(const at::Tensor& grad_y, const at::Tensor& z, const at::Te
               " elements");
   TORCH_CHECK(activation >= 0 && activation < kNumActivations, "unknown activation code ", activation);
   const at::ScalarType ct = compute_type(z.scalar_type());
-  const bool rows_mode = z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast) && !z.is_contiguous();
+  const bool rows_mode = channels_last_rows(z);
   const auto fmt = rows_mode ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor zc = z.to(ct).contiguous(fmt), dyc = grad_y.to(ct).contiguous(fmt);
+  const at::Tensor zc = dense_as(z, ct, rows_mode), dyc = dense_as(grad_y, ct, rows_mode);
   at::Tensor dz = (grad_z.scalar_type() == ct && grad_z.is_contiguous(fmt)) ? grad_z : at::empty_like(zc, fmt);
   if (z.numel() == 0) {
     grad_gamma.zero_();

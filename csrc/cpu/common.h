@@ -22,6 +22,18 @@ inline at::Tensor as_nhwc(const at::Tensor& t, at::ScalarType ct) {
   return t.to(ct).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// Whether a kernel runs `t` (an output, or z) as channels_last rows: dense
+// channels_last and not also contiguous (ambiguous layouts, C == 1 or
+// H == W == 1, run as planes).
+inline bool channels_last_rows(const at::Tensor& t) {
+  return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+// t in the compute dtype, dense in the layout a kernel runs (rows or planes).
+inline at::Tensor dense_as(const at::Tensor& t, at::ScalarType ct, bool rows) {
+  return rows ? as_nhwc(t, ct) : t.to(ct).contiguous();
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A contiguous copy of t in T (t itself when it already is one).

@@ -61,8 +61,8 @@ void epilogue(const at::Tensor& input, const c10::optional<at::Tensor>& bias, co
   const at::ScalarType ct = compute_type(input.scalar_type());
   // channels_last outputs are processed as rows of C channels, everything
   // else as contiguous (N, C, rest) planes.
-  const bool rows_mode = input.dim() == 4 && out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
-  const at::Tensor x = rows_mode ? as_nhwc(input, ct) : input.to(ct).contiguous();
+  const bool rows_mode = channels_last_rows(out);
+  const at::Tensor x = dense_as(input, ct, rows_mode);
   at::Tensor y = (out.scalar_type() == ct && (rows_mode || out.is_contiguous()))
                      ? out
                      : at::empty_like(x, x.options(), rows_mode ? at::MemoryFormat::ChannelsLast

@@ -19,16 +19,6 @@ namespace effconv {
 namespace cpu {
 namespace {
 
-// channels_last when the output is laid out so (PyTorch's rule for pooling:
-// the input's suggested format); ambiguous layouts run as planes.
-bool rows_layout(const at::Tensor& out) {
-  return out.dim() == 4 && out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
-}
-
-at::Tensor in_layout(const at::Tensor& t, at::ScalarType ct, bool rows) {
-  return rows ? as_nhwc(t, ct) : t.to(ct).contiguous();
-}
-
 template <typename T>
 void forward_typed(const at::Tensor& x, at::Tensor& y, const Pool2dShape& s, bool rows) {
   MaxPoolArgs<T> args;
@@ -120,9 +110,9 @@ void max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at
   const Pool2dShape s = make_pool2d_shape(input, kernel_size, stride, padding, dilation, ceil_mode);
   EFFCONV_CHECK_SIZES(out, s.N, s.C, s.P, s.Q);
   if (out.numel() == 0) return;
-  const bool rows = rows_layout(out);
+  const bool rows = channels_last_rows(out);
   const at::ScalarType ct = compute_type(input.scalar_type());
-  const at::Tensor x = in_layout(input, ct, rows);
+  const at::Tensor x = dense_as(input, ct, rows);
   // Exact in the compute type: float16/bfloat16 values widen and narrow back unchanged.
   at::Tensor y = out.scalar_type() == ct ? out : at::empty_like(out, out.options().dtype(ct));
   if (ct == at::kDouble)
@@ -140,9 +130,9 @@ void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
   const Pool2dShape s = make_pool2d_shape(input, kernel_size, stride, padding, dilation, ceil_mode);
   EFFCONV_CHECK_SIZES(grad_output, s.N, s.C, s.P, s.Q);
   EFFCONV_CHECK_SIZES(grad_input, s.N, s.C, s.H, s.W);
-  const bool rows = rows_layout(grad_input);
+  const bool rows = channels_last_rows(grad_input);
   const at::ScalarType ct = compute_type(input.scalar_type());
-  const at::Tensor x = in_layout(input, ct, rows), go = in_layout(grad_output, ct, rows);
+  const at::Tensor x = dense_as(input, ct, rows), go = dense_as(grad_output, ct, rows);
   // Accumulate in place when grad_input is dense in x's layout and dtype (plain offsets index it).
   const bool direct = grad_input.scalar_type() == ct &&
                       grad_input.is_contiguous(rows ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from effconv import functional
-
-
-def _pair(value) -> tuple:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 class MaxPool2d(nn.MaxPool2d):
