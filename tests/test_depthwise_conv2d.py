@@ -142,9 +142,6 @@ def test_depthwise_64bit_indexing():
         assert torch.allclose(got, ref.flatten()[0:1], rtol=2e-3, atol=2e-3), (ch, r, col, got, ref)
 
 
-from test_conv2d import other_isa  # noqa: E402,F401  (fixture: the AVX2 and baseline builds)
-
-
 @pytest.mark.parametrize("case", [DW_BY_NAME[n].param() for n in ("dw3x3_s2", "dw3x3_odd_channels", "dw7x7",
                                                                   "dw3x3_big_plane", "dw5x5_wide",
                                                                   "dw7x7_s2_wide")])
