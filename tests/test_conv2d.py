@@ -83,6 +83,7 @@ LOW_PRECISION = ["pw1x1", "3x3_s2", "5x5_s2_d2", "g32_resnext", "same_even_4x4",
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in LOW_PRECISION])
 def test_conv2d_low_precision(case, dtype, gen):
+    run_case(case, dtype, "nchw", gen=gen, epilogue=True, activation="relu6")
     x, y, _ = run_case(case, dtype, "channels_last", gen=gen)
     # ... and no worse than twice PyTorch's own error in this dtype.
     w = torch.randn(case.weight_shape, dtype=torch.float64, generator=gen) / case.R

@@ -291,9 +291,16 @@ class ConvFamily:
             if shift is not None and need[i_shift]:
                 grad_shift = g_u.sum((0, 2, 3), dtype=torch.promote_types(g_u.dtype, torch.float32)).to(shift.dtype)
         else:
-            u = self.call_forward(input, weight, bias, stride, padding, dilation, groups)
+            # The pre-activation is recomputed at the forward's precision:
+            # rounded to 16 bits it could lie on the other side of an
+            # activation's kink than the forward's fp32 value did, and a
+            # flipped mask is an O(1) gradient error (found on the GPU).
+            wide = input.dtype in (torch.float16, torch.bfloat16)
+            up = (lambda t: t.float() if t is not None else None) if wide else (lambda t: t)
+            u = self.call_forward(up(input), up(weight), up(bias), stride, padding, dilation, groups)
             g_u, grad_scale, grad_shift = c.epilogue_backward(grad, u, scale, shift, act, need[i_scale],
                                                               need[i_shift])
+            g_u = g_u.to(input.dtype)
         grad_input = grad_weight = grad_bias = None
         if need[0]:
             grad_input = self.call_grad_input(g_u, weight, list(input.shape), stride, padding, dilation, groups)
