@@ -25,6 +25,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def autotuning() -> bool:
+    """EFFCONV_TRITON_AUTOTUNE=0 launches each class's default config instead
+    of benchmarking them all: one compile per specialisation (GPU test runs,
+    reproducible config choice)."""
+    return os.environ.get("EFFCONV_TRITON_AUTOTUNE", "1") != "0"
+
+
 @functools.lru_cache(maxsize=None)
 def load(op: str) -> dict[str, dict[str, list[dict]]]:
     with open(CONFIG_DIR / f"{op}.json") as f:
@@ -65,8 +72,9 @@ def index_dtype(*tensors: torch.Tensor):
 
 class Launcher:
     """Picks the kernel variant for a dtype class: on a GPU an autotuner over
-    that class's configs; under the interpreter the plain kernel with the
-    class's default meta-parameters (autotuning needs CUDA events)."""
+    that class's configs; under the interpreter (autotuning needs CUDA
+    events) or with autotuning off, the plain kernel with the class's
+    default config."""
 
     def __init__(self, fn, op: str, kernel: str, key: list[str], reset_to_zero: tuple[str, ...] = ()):
         self.fn, self.op, self.kernel, self.key = fn, op, kernel, key
@@ -79,6 +87,8 @@ class Launcher:
         configs = load(self.op)[self.kernel][cls]
         if interpreting():
             return self.fn, meta_of(configs[0])
+        if not autotuning():
+            return self.fn, dict(configs[0])
         if cls not in self._tuned:
             tconfigs = [triton.Config(meta_of(c), num_warps=c["num_warps"], num_stages=c["num_stages"])
                         for c in configs]
