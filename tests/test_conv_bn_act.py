@@ -39,9 +39,10 @@ def randomize_bn(bn: nn.BatchNorm2d) -> None:
             bn.bias.uniform_(-0.5, 0.5)
 
 
-def train_and_compare(m, ref, dtype, shape, steps=3, layouts=("nchw", "channels_last", "nchw")):
-    """ref: the unfused block in float64; inputs and output gradients are the
-    same values for both, so each comparison measures m's error."""
+def train_and_compare(m, ref, dtype, shape, steps=3, layouts=("nchw", "channels_last", "nchw"), device="cpu"):
+    """ref: the unfused block in float64 on the CPU; inputs and output
+    gradients are the same values for both, so each comparison measures m's
+    error (m runs on `device`)."""
     opt_m = torch.optim.SGD(m.parameters(), lr=0.05)
     opt_r = torch.optim.SGD(ref.parameters(), lr=0.05)
     m.train()
@@ -51,28 +52,28 @@ def train_and_compare(m, ref, dtype, shape, steps=3, layouts=("nchw", "channels_
         x = torch.randn(shape, dtype=dtype)
         if layouts[step % len(layouts)] == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-        xm, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+        xm, xr = x.to(device, copy=True).requires_grad_(), x.double().requires_grad_()
         y, y_ref = m(xm), ref(xr)
         assert y.is_contiguous(memory_format=torch.channels_last) == y_ref.is_contiguous(
             memory_format=torch.channels_last)
-        assert_close(y, y_ref, red, f"step {step} output")
+        assert_close(y.cpu(), y_ref, red, f"step {step} output")
         g = torch.randn_like(y_ref)
-        (y * g.to(dtype)).sum().backward()
+        (y * g.to(dtype).to(device)).sum().backward()
         (y_ref * g).sum().backward()
-        assert_close(xm.grad, xr.grad, red, f"step {step} grad_input")
+        assert_close(xm.grad.cpu(), xr.grad, red, f"step {step} grad_input")
         for (name, p), (_, p_ref) in zip(m.named_parameters(), ref.named_parameters()):
             if p_ref.grad is not None and p.grad is None and name.endswith("0.bias"):
                 # A conv bias before training-mode BatchNorm cancels: its
                 # gradient is exactly zero (autograd leaves it unset here).
                 assert p_ref.grad.abs().max() < 1e-4
                 continue
-            assert_close(p.grad, p_ref.grad, red, f"step {step} grad {name}")
+            assert_close(p.grad.cpu(), p_ref.grad, red, f"step {step} grad {name}")
         for name, b in m.named_buffers():
             b_ref = dict(ref.named_buffers())[name]
             if b.is_floating_point():
-                assert_close(b, b_ref, red, f"step {step} {name}")
+                assert_close(b.cpu(), b_ref, red, f"step {step} {name}")
             else:
-                assert torch.equal(b, b_ref), name
+                assert torch.equal(b.cpu(), b_ref), name
         opt_m.step()
         opt_r.step()
         opt_m.zero_grad()
@@ -81,15 +82,15 @@ def train_and_compare(m, ref, dtype, shape, steps=3, layouts=("nchw", "channels_
     ref.eval()
     x = torch.randn(shape, dtype=dtype)
     with torch.no_grad():
-        assert_close(m(x), ref(x.double()), red, "eval")
+        assert_close(m(x.to(device)).cpu(), ref(x.double()), red, "eval")
     # Eval with gradients (frozen-BatchNorm fine-tuning) differentiates through the fold.
-    xm, xr = x.clone().requires_grad_(), x.double().requires_grad_()
-    g = torch.randn(m(x).shape, dtype=torch.float64)
-    (m(xm) * g.to(dtype)).sum().backward()
+    xm, xr = x.to(device, copy=True).requires_grad_(), x.double().requires_grad_()
+    g = torch.randn(ref(xr).shape, dtype=torch.float64)
+    (m(xm) * g.to(dtype).to(device)).sum().backward()
     (ref(xr) * g).sum().backward()
-    assert_close(xm.grad, xr.grad, red, "eval grad_input")
+    assert_close(xm.grad.cpu(), xr.grad, red, "eval grad_input")
     for (name, p), (_, p_ref) in zip(m.named_parameters(), ref.named_parameters()):
-        assert_close(p.grad, p_ref.grad, red, f"eval grad {name}")
+        assert_close(p.grad.cpu(), p_ref.grad, red, f"eval grad {name}")
 
 
 @pytest.mark.parametrize("activation", list(ACTS))

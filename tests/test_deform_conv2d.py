@@ -69,7 +69,7 @@ def run(case, args, backend="auto"):
     x, off, w, m, b = [t.detach().clone().requires_grad_() if t is not None else None for t in args]
     with effconv.use_backend(backend):
         y = effconv.functional.deform_conv2d(x, off, w, b, case.stride, case.padding, case.dilation, m)
-        gy = torch.randn(y.shape, dtype=torch.float64).to(y.dtype)
+        gy = torch.randn(y.shape, dtype=torch.float64).to(y.dtype).to(y.device)
         y.backward(gy)
     return y, gy, [t.grad if t is not None else None for t in (x, off, w, m, b)]
 

@@ -39,25 +39,25 @@ def _with_specials(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _run(case, dtype, layout, backend, gen):
+def _run(case, dtype, layout, backend, gen, device="cpu"):
     _, shape, k, s, p, d, ceil = case
     x = _with_specials(make_input(shape, torch.float64, layout, gen)).to(dtype)
-    xr = x.detach().requires_grad_()
+    xr = x.to(device).detach().requires_grad_()
     with effconv.use_backend(backend):
         y = effconv.functional.max_pool2d(xr, k, s, p, d, ceil)
     x64 = x.detach().double().requires_grad_()
     ref = F.max_pool2d(x64, k, s, p, d, ceil)
     expected = F.max_pool2d(x.detach(), k, s, p, d, ceil)
     assert same_layout(y, expected), f"output strides {y.stride()}, PyTorch's {expected.stride()}"
-    torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(y.cpu(), expected, rtol=0, atol=0, equal_nan=True)
     g = torch.randn(ref.shape, dtype=torch.float64, generator=gen)
     with effconv.use_backend(backend):
-        y.backward(g.to(dtype))
+        y.backward(g.to(dtype).to(device))
     ref.backward(g)
     k2 = (k, k) if isinstance(k, int) else k
     s2 = k2 if s is None else ((s, s) if isinstance(s, int) else s)
     overlap = -(-k2[0] // s2[0]) * -(-k2[1] // s2[1])  # windows that can credit one input element
-    assert_close(xr.grad, x64.grad, overlap, "grad_input")
+    assert_close(xr.grad.cpu(), x64.grad, overlap, "grad_input")
     assert same_layout(xr.grad, x), "grad_input keeps the input's layout"
 
 
