@@ -8,6 +8,7 @@ class is its default.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -23,6 +24,21 @@ META_KEYS = ("num_warps", "num_stages")
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_FORCED: list[int] = []
+
+
+@contextlib.contextmanager
+def forced_config(index: int):
+    """Launches config `index` of every class (a class with fewer configs its
+    last) instead of autotuning or the default: how the tests run each
+    shipped config, under the interpreter and on a GPU."""
+    _FORCED.append(index)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
 
 
 def autotuning() -> bool:
@@ -85,10 +101,10 @@ class Launcher:
 
     def __call__(self, cls: str):
         configs = load(self.op)[self.kernel][cls]
-        if interpreting():
-            return self.fn, meta_of(configs[0])
-        if not autotuning():
-            return self.fn, dict(configs[0])
+        if _FORCED or interpreting() or not autotuning():
+            cfg = configs[min(_FORCED[-1], len(configs) - 1)] if _FORCED else configs[0]
+            # The interpreter takes no launch options (num_warps, num_stages).
+            return self.fn, meta_of(cfg) if interpreting() else dict(cfg)
         if cls not in self._tuned:
             tconfigs = [triton.Config(meta_of(c), num_warps=c["num_warps"], num_stages=c["num_stages"])
                         for c in configs]
