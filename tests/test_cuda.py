@@ -123,56 +123,11 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1"])
 def test_models_cuda_match_torchvision(name, no_tf32):
-    """Eval logits against torchvision in float64 on the CPU. One training
-    step's gradients: each no further from the float64 result than twice
-    torchvision's own fp32 error on the GPU (cuDNN, TF32 off). (On an H100
-    the two fp32 first-layer gradients differed by ~1e-2 relative, so both
-    are judged against float64.)"""
-    import copy
+    """fp32 eval logits and a float64 training step against torchvision
+    (test_models.check_against_torchvision, on CUDA tensors)."""
+    from test_models import check_against_torchvision
 
-    import torchvision
-    from helpers import assert_close
-    from test_convert import randomized
-
-    import effconv
-    import effconv.models as em
-
-    torch.manual_seed(0)
-    tv = randomized(getattr(torchvision.models, name)(num_classes=10)).eval()
-    ours = getattr(em, name)(num_classes=10).eval()
-    ours.load_state_dict(tv.state_dict(), strict=True)
-    ours.cuda()
-    x = torch.randn(2, 3, 96, 96).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        assert_close(ours(x.cuda()).cpu(), copy.deepcopy(tv).double()(x.double()), 2000)
-        rows = effconv.explain(lambda: ours(x.cuda()))
-    assert not rows.fallbacks, str(rows)
-
-    models = {"ref": copy.deepcopy(tv).double(), "torch": tv.float().cuda(), "ours": ours}
-    xb, yb = torch.randn(4, 3, 96, 96, dtype=torch.float64), torch.randint(0, 10, (4,))
-    for key, m in models.items():
-        m.train()
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.Dropout):
-                mod.p = 0.0
-        dev, dt = ("cpu", torch.float64) if key == "ref" else ("cuda", torch.float32)
-        torch.nn.functional.cross_entropy(m(xb.to(dev, dt)), yb.to(dev)).backward()
-    named = {k: dict(m.named_parameters()) for k, m in models.items()}
-    scale = torch.cat([p.grad.flatten() for p in named["ref"].values()]).norm().item()
-    for n, p_ref in named["ref"].items():
-        if p_ref.grad.norm() < 1e-12 * scale:
-            # Exactly zero in exact arithmetic: a per-channel shift that a 1x1
-            # conv carries into a training-mode BatchNorm (MobileNetV2's
-            # projection BN biases). Both fp32 results are noise (~1e-8 x scale
-            # on the CPU).
-            assert named["ours"][n].grad.norm() < 1e-6 * scale, n
-            continue
-        theirs, mine = _rel_err(named["torch"][n].grad, p_ref.grad), _rel_err(named["ours"][n].grad, p_ref.grad)
-        assert mine <= 2 * theirs + 1e-5, f"{n}: effconv {mine:.3g}, torch {theirs:.3g}"
-    bufs = {k: dict(m.named_buffers()) for k, m in models.items()}
-    for n, b_ref in bufs["ref"].items():
-        if b_ref.is_floating_point():
-            assert _rel_err(bufs["ours"][n], b_ref) < 1e-4, n
+    check_against_torchvision(name, "cuda")
 
 
 def test_compile_fullgraph_cuda(no_tf32):
