@@ -3,8 +3,9 @@
 Without a GPU, TRITON_INTERPRET=1 is set before anything imports triton, so
 the Triton kernels run on CPU tensors in this process (tests marked
 `triton`). With a GPU, Triton compiles for it and the `cuda` tests exercise
-the kernels there, without autotuning unless EFFCONV_TRITON_AUTOTUNE=1. The AOT compile test runs its compiler in a subprocess
-without the interpreter either way.
+the kernels there, without autotuning unless EFFCONV_TRITON_AUTOTUNE=1. The
+AOT compile test runs its compiler in a subprocess without the interpreter
+either way.
 """
 import os
 
@@ -14,8 +15,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 else:
     # Autotuning compiles every config of every specialisation: on an H100
-    # the CUDA tests (12 workers) were 62% done after 5.5 minutes with it. Each class's
-    # default config runs here, and test_triton_configs.py runs the others.
+    # the CUDA tests (12 workers) were 62% done after 5.5 minutes with it.
+    # Each class's default config runs here; test_triton_configs.py runs
+    # the others.
     os.environ.setdefault("EFFCONV_TRITON_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
