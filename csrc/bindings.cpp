@@ -50,6 +50,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_winograd", &effconv::cpu::set_winograd,
         "Turn the CPU conv2d's Winograd F(2x2, 3x3) (forward and grad_input) on or off; returns the previous "
         "setting.");
+  m.def("set_cpu_gconv_rows", &effconv::cpu::set_gconv_rows,
+        "Turn the CPU conv2d's sliding-window grouped kernel (cg == kg, 3-wide) on or off; returns the previous "
+        "setting.");
+  m.def("cpu_gconv_rows_shape", &effconv::cpu::gconv_rows_shape,
+        "[forward, grad_input]: whether a conv of this shape (C, K, R, S, stride_h, stride_w, pad_h, pad_w, "
+        "dil_h, dil_w, groups, element bytes) runs the CPU's grouped sliding-window row kernel (false while it "
+        "is off).");
   m.def("cpu_winograd", &effconv::cpu::winograd_enabled,
         "Whether the CPU conv2d's Winograd path is on (EFFCONV_CPU_WINOGRAD=0 turns it off).");
   m.def("cpu_winograd_shape", &effconv::cpu::winograd_shape,

@@ -73,6 +73,17 @@ CASES = [
     # One-vector output panels with a reduction longer than one block (the
     # CPU forward splits its 9 taps of 320 channels into blocks).
     Case("narrow_out_blocked", 2, 320, 5, 7, 16, 3, 3, padding=1),
+    # Grouped convs with as many input as output channels per group, several
+    # groups per vector and whole vectors of channels: the CPU forward (and,
+    # at stride 1, grad_input) runs the sliding-window row kernel for 3-wide
+    # kernels (blocks of 16, 8 and 4 outputs, partly empty ones at the end of
+    # a row); 3x5 stays on the indirect kernels.
+    Case("grows_cg4", 2, 64, 7, 19, 64, 3, 3, padding=1, groups=16),
+    Case("grows_cg8_s2_nobias", 1, 64, 9, 21, 64, 3, 3, stride=2, padding=1, groups=8, bias=False),
+    Case("grows_cg2_p0", 1, 32, 5, 40, 32, 3, 3, groups=16),
+    Case("grows_5x3_s12", 1, 64, 11, 10, 64, 5, 3, stride=(1, 2), padding=(2, 1), groups=16),
+    Case("grows_3x5", 1, 32, 6, 9, 32, 3, 5, padding=(1, 2), groups=8),
+    Case("grows_pad3", 1, 32, 4, 5, 32, 3, 3, padding=3, groups=8),
     # 3x3 stride-1 convs with >= 16 in / 32 out channels: the CPU forward runs
     # Winograd F(2x2, 3x3), and so does grad_input
     # when the transposed conv qualifies (>= 16 out / 32 in channels, padding

@@ -153,6 +153,45 @@ def test_winograd_matches_direct(case, layout, gen):
         assert err_w <= 8 * err_d + 1e-6, f"{name}: Winograd error {err_w:.3g} vs direct {err_d:.3g}"
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("grows_cg4", "grows_5x3_s12", "g32_resnext")])
+def test_gconv_rows_match_indirect(case, layout, gen):
+    """The grouped sliding-window row kernel (forward; grad_input at stride 1)
+    agrees with the indirect gconv kernel it replaces, and is not that
+    kernel in disguise (a different summation order changes some bits)."""
+    C = _ext.C()
+    pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
+    stride = (case.stride,) * 2 if isinstance(case.stride, int) else case.stride
+    # Four channels per group or fewer: several groups per vector on AVX2 and AVX-512.
+    forward, grad_input = C.cpu_gconv_rows_shape(case.C, case.K, case.R, case.S, *stride, *pad, 1, 1, case.groups, 4)
+    assert forward
+    x = make_input(case.input_shape, torch.float32, layout, gen).requires_grad_()
+    w = torch.randn(case.weight_shape, generator=gen) / 3
+    b = torch.randn(case.K, generator=gen)
+    args = (case.stride, case.padding, case.dilation, case.groups)
+    xd = x.detach().double().requires_grad_()
+    ref = F.conv2d(xd, w.double(), b.double(), *args)
+    dy = torch.randn(ref.shape, generator=gen)
+    (ref_dx,) = torch.autograd.grad(ref, xd, dy.double())
+
+    def run():
+        y = effconv.functional.conv2d(x, w, b, *args)
+        return (y.detach(), *torch.autograd.grad(y, x, dy))
+
+    rows = run()
+    before = C.set_cpu_gconv_rows(False)
+    try:
+        indirect = run()
+    finally:
+        C.set_cpu_gconv_rows(before)
+    for name, a, d, r, used in (("output", rows[0], indirect[0], ref, True),
+                                ("grad_input", rows[1], indirect[1], ref_dx, grad_input)):
+        err_r = (a.double() - r).abs().max().item()
+        err_d = (d.double() - r).abs().max().item()
+        assert torch.equal(a, d) != used, f"{name}: row kernel {'not ' if used else ''}expected"
+        assert err_r <= 4 * err_d + 1e-6, f"{name}: row kernel error {err_r:.3g} vs indirect {err_d:.3g}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_p0_tails_nobias", "winograd_p20")])
 def test_winograd_grad_input_channels_last(case, dtype, gen):
@@ -237,8 +276,8 @@ def test_backward_is_deterministic(gen):
 
 
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in (
-    "pw1x1", "3x3_s2", "g32_resnext", "wide_channels", "rows_merged_dil21", "narrow_out_3x3",
-    "winograd_p0_tails_nobias")])
+    "pw1x1", "3x3_s2", "g32_resnext", "grows_cg8_s2_nobias", "grows_cg2_p0", "wide_channels",
+    "rows_merged_dil21", "narrow_out_3x3", "winograd_p0_tails_nobias")])
 def test_other_isa_builds(other_isa, case, gen):
     run_case(case, torch.float32, "channels_last", gen=gen, activation="silu", epilogue=True)
     run_case(case, torch.float64, "nchw", gen=gen)

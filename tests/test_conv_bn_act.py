@@ -103,6 +103,16 @@ def test_matches_unfused_sequence(conv, activation, dtype):
     train_and_compare(m, unfused_copy(m, torch.float64), dtype, (4, cin, 9, 11))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_grouped_row_kernel_statistics(dtype):
+    """Four channels per group over whole vectors of channels (ResNeXt-style):
+    the CPU forward runs the grouped sliding-window row kernel, whose
+    epilogue accumulates the batch statistics."""
+    m = effconv.ConvBNAct2d(32, 32, 3, 1, padding=1, groups=8, activation="relu6").to(dtype)
+    randomize_bn(m[1])
+    train_and_compare(m, unfused_copy(m, torch.float64), dtype, (3, 32, 7, 19))
+
+
 @pytest.mark.parametrize("variant", ["momentum_none", "no_running_stats", "no_affine", "conv_bias", "reflect"])
 def test_batchnorm_variants(variant):
     kw = {"momentum_none": dict(momentum=None), "no_running_stats": dict(track_running_stats=False),

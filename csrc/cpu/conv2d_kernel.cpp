@@ -182,6 +182,87 @@ std::vector<T> pack_gconv_weight(int64_t ncols, int64_t taps, int64_t reduce, in
   return wp;
 }
 
+// Whether a grouped conv runs on the sliding-window row kernel
+// (GConvRowArgs): as many input as output channels per group, several
+// groups per vector, whole vectors of channels, and a row shape gconvrow
+// unrolls (ResNeXt's 3x3 layers up to 8 channels per group). With 16 or 32
+// channels per group a sliding window with broadcast inputs ran no faster
+// than igemm (0.85-1.0x on Zen 4), so those stay there.
+std::atomic<bool> g_gconv_rows{[] {
+  const char* env = std::getenv("EFFCONV_CPU_GCONV_ROWS");
+  return !(env && std::string(env) == "0");
+}()};
+
+bool use_gconv_rows(const Conv2dShape& s, int64_t cg, int64_t kg, int lanes) {
+  return g_gconv_rows.load(std::memory_order_relaxed) && s.groups > 1 && cg == kg && kg < lanes &&
+         lanes % kg == 0 && s.C % lanes == 0 && s.S == 3 && (s.stride_w == 1 || s.stride_w == 2) && s.dil_w == 1;
+}
+
+// A stride-1, dilation-1 conv's grad_input is itself a conv: of dy, with
+// the weight transposed per group and flipped (W'[c][k][r][s] =
+// W[k][c][R-1-r][S-1-s]) and padding R-1-pad, which must not be negative.
+bool grad_input_is_conv(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 && s.pad_h <= s.R - 1 &&
+         s.pad_w <= s.S - 1;
+}
+
+Conv2dShape grad_input_as_conv(const Conv2dShape& s) {
+  Conv2dShape t = s;
+  t.C = s.K;
+  t.K = s.C;
+  t.H = s.P;
+  t.W = s.Q;
+  t.P = s.H;
+  t.Q = s.W;
+  t.pad_h = s.R - 1 - s.pad_h;
+  t.pad_w = s.S - 1 - s.pad_w;
+  return t;
+}
+
+// Runs conv `s` (channels_last dense input `xp`, weights packed by
+// pack_gconv_weight) one output row at a time on gconvrow.
+template <typename T>
+void gconv_rows(const T* xp, const T* wp, const Conv2dShape& s, int64_t cg, int64_t kg, const EpilogueArgs<T>& ep,
+                T* op, const int64_t* ostride, StatsPartials& partials) {
+  const IsaKernels& isa = isa_kernels();
+  const int64_t nvb = s.K / isa.lanes<T>();
+  GConvRowArgs<T> args;
+  args.R = s.R;
+  args.S = s.S;
+  args.W = s.W;
+  args.Q = s.Q;
+  args.C = s.C;
+  args.stride = s.stride_w;
+  args.pad = s.pad_w;
+  args.cg = cg;
+  args.kg = kg;
+  args.w = wp;
+  args.ncols = s.K;
+  args.out_ps = ostride[3];
+  args.c_cstride = ostride[1];
+  args.ep = ep;
+  int64_t vsplit, unused;
+  split_columns(s.N * s.P, nvb, 1, vsplit, unused);
+  at::parallel_for(0, s.N * s.P * vsplit, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> rows(s.R);
+    GConvRowArgs<T> row = args;
+    row.rows = rows.data();
+    row.ep.stat_sum = partials.sum();
+    row.ep.stat_sq = partials.sq();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t np = item / vsplit, split = item % vsplit, n = np / s.P, p = np % s.P;
+      for (int64_t kr = 0; kr < s.R; ++kr) {
+        const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+        rows[kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * s.C : nullptr;
+      }
+      row.out = op + n * ostride[0] + p * ostride[2];
+      row.vb_begin = split * nvb / vsplit;
+      row.vb_end = (split + 1) * nvb / vsplit;
+      isa.gconvrow(row);
+    }
+  });
+}
+
 // Few input channels (RGB stems, SqueezeNet's 16-channel 3x3 expand): the S
 // taps of one kernel row read S neighbouring pixels, which in a
 // channels_last row are S * C contiguous values when dilation_w is 1, so a
@@ -471,6 +552,14 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
     const std::vector<T> bias_p = padded_channel_vector<T>(bias, 1, s.K, kpad, T(0));
     const std::vector<T> scale_p = padded_channel_vector<T>(scale, 1, s.K, kpad, T(1));
     const std::vector<T> shift_p = padded_channel_vector<T>(shift, 1, s.K, kpad, T(0));
+    const EpilogueArgs<T> ep = {bias_p.empty() ? nullptr : bias_p.data(), scale_p.empty() ? nullptr : scale_p.data(),
+                                shift_p.empty() ? nullptr : shift_p.data(), act};
+    StatsPartials partials(stats, kpad);
+    if (use_gconv_rows(s, Cg, Kg, lanes)) {
+      gconv_rows<T>(xp, wp.data(), s, Cg, Kg, ep, op, ostride, partials);
+      partials.finish(s.K, [](int64_t k) { return k; });
+      return;
+    }
     const int64_t mc = rows_per_tile(M, RS * 2 * lanes, sizeof(T), 12);
     const int64_t tiles = ceil_div(M, mc);
     int64_t vsplit, unused;
@@ -485,9 +574,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
     args.w = wp.data();
     args.ncols = s.K;
     args.c_cstride = ok;
-    args.ep = {bias_p.empty() ? nullptr : bias_p.data(), scale_p.empty() ? nullptr : scale_p.data(),
-               shift_p.empty() ? nullptr : shift_p.data(), act};
-    StatsPartials partials(stats, kpad);
+    args.ep = ep;
     for_each_tile<T>(
         tiles, mc, RS, vsplit,
         [&](int64_t tile, const T** a, T** c) {
@@ -723,15 +810,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   // padding 2 - pad: Winograd too, when that conv qualifies.
   if (winograd_grad_input_shape(s.C, s.K, s.R, s.S, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w,
                                 s.groups)) {
-    Conv2dShape t = s;
-    t.C = s.K;
-    t.K = s.C;
-    t.H = s.P;
-    t.W = s.Q;
-    t.P = s.H;
-    t.Q = s.W;
-    t.pad_h = 2 - s.pad_h;
-    t.pad_w = 2 - s.pad_w;
+    const Conv2dShape t = grad_input_as_conv(s);
     const int64_t Co = s.C;
     if (use_winograd(t)) {
       with_channel_rows<T>(dx, [&](T* o, const int64_t* os) {
@@ -739,6 +818,19 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
             dyp, w, 5, [Co](const T* w_, int64_t k, int64_t c, int tp) { return w_[(c * Co + k) * 9 + 8 - tp]; },
             t, c10::nullopt, c10::nullopt, c10::nullopt, 0, o, os, c10::nullopt);
       });
+      return;
+    }
+  }
+
+  // Stride 1: the row kernel over dy, like the forward.
+  if (grad_input_is_conv(s)) {
+    const Conv2dShape t = grad_input_as_conv(s);
+    if (use_gconv_rows(t, Kg_o, Cg_o, lanes)) {
+      const std::vector<T> wp = pack_gconv_weight<T>(s.C, RS, Kg_o, lanes, [&](int64_t ci, int64_t k, int64_t tp) {
+        return ws[((ci / Cg_o * Kg_o + k) * Cg_o + ci % Cg_o) * RS + RS - 1 - tp];
+      });
+      StatsPartials no_stats(c10::nullopt, 0);
+      gconv_rows<T>(dyp, wp.data(), t, Kg_o, Cg_o, EpilogueArgs<T>{}, dxp, xstride, no_stats);
       return;
     }
   }
@@ -1019,6 +1111,18 @@ bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64
 }
 
 bool set_winograd(bool on) { return g_winograd.exchange(on); }
+bool set_gconv_rows(bool on) { return g_gconv_rows.exchange(on); }
+
+std::vector<bool> gconv_rows_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                                   int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups,
+                                   int64_t elem_bytes) {
+  const int lanes = isa_kernels().vec_bytes / int(elem_bytes);
+  const Conv2dShape s{1, C, 1, 1, K, R, S, 1, 1, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups};
+  const bool forward = use_gconv_rows(s, s.cin_per_group(), s.cout_per_group(), lanes);
+  const bool grad_input = grad_input_is_conv(s) && use_gconv_rows(grad_input_as_conv(s), s.cout_per_group(),
+                                                                    s.cin_per_group(), lanes);
+  return {forward, grad_input};
+}
 bool winograd_enabled() { return g_winograd.load(); }
 
 void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

@@ -6,6 +6,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace effconv {
 namespace cpu {
 
@@ -33,6 +35,16 @@ bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64
                                int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups);
 bool set_winograd(bool on);
 bool winograd_enabled();
+// Grouped convs with cg == kg run on the sliding-window row kernel
+// (GConvRowArgs) when it applies; EFFCONV_CPU_GCONV_ROWS=0 or
+// set_gconv_rows(false) sends them to the indirect kernels (tests compare
+// the two). Returns the previous setting.
+bool set_gconv_rows(bool on);
+// Whether the forward and grad_input of a conv of this shape run it, for
+// elements of elem_bytes on this CPU's ISA.
+std::vector<bool> gconv_rows_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                                   int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups,
+                                   int64_t elem_bytes);
 
 void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::Tensor& grad_input);

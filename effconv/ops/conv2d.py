@@ -74,6 +74,12 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
             if passes:
                 kind += (f"; C++: Winograd F(2x2,3x3) {' and '.join(passes)} "
                          f"with >= {c * k // _c().cpu_winograd_weight_per_tile} 2x2 output tiles")
+        if _ext.available() and groups > 1:
+            c = cg * groups
+            ok = _c().cpu_gconv_rows_shape(c, k, r, s, *stride, *padding, *dilation, groups, 4)
+            passes = [name for name, on in zip(("forward", "grad_input"), ok) if on]
+            if passes:
+                kind += f"; C++: grouped sliding-window rows {' and '.join(passes)} (fp32)"
     return kind + (f", groups={groups}" if groups > 1 else "")
 
 

@@ -152,6 +152,29 @@ struct GConvArgs {
   EpilogueArgs<T> ep;    // padded to a whole number of vectors
 };
 
+// GConv's arithmetic (cg == kg, kg dividing L, whole vectors of channels)
+// over one channels_last output row, for kernels 3 wide, stride 1 or 2 and
+// dilation 1 along W (the caller checks), as a sliding window: per kernel
+// row and reduction channel, each input pixel is permuted once and feeds
+// every output of a block whose window covers it (up to 3 multiply-adds),
+// where gconv permutes once per multiply-add.
+//
+//   out[q][vb*L + j] = epilogue( sum_{r,s,c} rows[r][q*stride - pad + s][vb*L + (j/kg)*cg + c] * w[vb][r*S+s][c][j] )
+template <typename T>
+struct GConvRowArgs {
+  const T* const* rows = nullptr;  // per kernel row: input row (pixel 0, channel 0), or null (padding)
+  int64_t R = 0, S = 3, W = 0, Q = 0;
+  int64_t C = 0;                   // channels per input pixel (its pitch)
+  int64_t stride = 1, pad = 0;     // along W: stride 1 or 2
+  int64_t cg = 0, kg = 0;
+  const T* w = nullptr;            // gconv's packing, [vb][R*S][cg][L]
+  int64_t vb_begin = 0, vb_end = 0;
+  int64_t ncols = 0;
+  T* out = nullptr;                // output pixel q, channel k at out[q * out_ps + k * c_cstride]
+  int64_t out_ps = 0, c_cstride = 1;
+  EpilogueArgs<T> ep;              // padded to a whole number of vectors
+};
+
 // Depthwise convolution (channel multiplier 1) over channels_last pixels,
 // indirect like IGemm: for output pixel i,
 //
@@ -412,6 +435,8 @@ struct IsaKernels {
   void (*epilogue_f64)(const EpilogueMapArgs<double>&);
   void (*gconv_f32)(const GConvArgs<float>&);
   void (*gconv_f64)(const GConvArgs<double>&);
+  void (*gconvrow_f32)(const GConvRowArgs<float>&);
+  void (*gconvrow_f64)(const GConvRowArgs<double>&);
   void (*dwconv_f32)(const DwConvArgs<float>&);
   void (*dwconv_f64)(const DwConvArgs<double>&);
   void (*dwplane_f32)(const DwPlaneRowArgs<float>&);
@@ -456,6 +481,8 @@ struct IsaKernels {
   void epilogue(const EpilogueMapArgs<double>& a) const { epilogue_f64(a); }
   void gconv(const GConvArgs<float>& a) const { gconv_f32(a); }
   void gconv(const GConvArgs<double>& a) const { gconv_f64(a); }
+  void gconvrow(const GConvRowArgs<float>& a) const { gconvrow_f32(a); }
+  void gconvrow(const GConvRowArgs<double>& a) const { gconvrow_f64(a); }
   void dwconv(const DwConvArgs<float>& a) const { dwconv_f32(a); }
   void dwconv(const DwConvArgs<double>& a) const { dwconv_f64(a); }
   void dwplane(const DwPlaneRowArgs<float>& a) const { dwplane_f32(a); }

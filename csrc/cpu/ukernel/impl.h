@@ -807,6 +807,130 @@ void gconv(const GConvArgs<T>& g) {
 }
 
 // ---------------------------------------------------------------------------
+// Grouped convolution along one output row as a sliding window (see
+// GConvRowArgs): a block is one vector of L / kg groups, lane j reading
+// channel (j / kg) * cg + c of the vector's span through a register permute.
+template <int S>
+constexpr int gslide_qb() {
+  return EFFCONV_VEC_REGS >= 32 ? 16 : (S <= 3 ? 8 : 4);
+}
+
+template <typename T, int QB>
+inline void gslide_store(const GConvRowArgs<T>& g, vec_t<T> (&acc)[QB], int64_t vb, int64_t q0, int64_t qv) {
+  using V = vec_t<T>;
+  constexpr int L = VecTraits<T>::L;
+  const int64_t col = vb * L;
+  const int64_t nvalid = g.ncols - col < L ? g.ncols - col : L;
+  V ssum{}, ssq{};
+#pragma GCC unroll 16
+  for (int j = 0; j < QB; ++j) {
+    if (j >= qv) break;
+    T* dst = g.out + (q0 + j) * g.out_ps;
+    const V z = apply_epilogue<T>(acc[j], g.ep, col);
+    ssum += z;
+    ssq += z * z;
+    if (g.c_cstride == 1 && nvalid == L)
+      vstore(dst + col, z);
+    else
+      vstore_n(dst + col * g.c_cstride, z, nvalid, g.c_cstride);
+  }
+  if (g.ep.stat_sum) add_stats(g.ep, col, ssum, ssq, nvalid);
+}
+
+// Outputs [q0, q0 + qv), qv <= QB, of vector block vb. S and the stride ST
+// are known at compile time, so the column -> (output, tap) map unrolls
+// away; registers: QB accumulators + S weights + 1 permuted input. Input
+// columns outside the row (or past what the qv outputs read) point at a
+// zero vector, so border blocks run the same branch-free loop (with
+// per-column checks inside it, 28-wide rows ran ~30% slower).
+template <typename T, int S, int ST, int QB>
+inline void gslide_block(const GConvRowArgs<T>& g, int64_t vb, int64_t q0, int64_t qv, ivec_t<T> base,
+                         const T* zero) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  constexpr int SPAN = (QB - 1) * ST + S;
+  V acc[QB];
+#pragma GCC unroll 16
+  for (int j = 0; j < QB; ++j) acc[j] = V{};
+  const int64_t iw0 = q0 * ST - g.pad;
+  const int64_t span = (qv - 1) * ST + S;  // input columns the valid outputs read
+  const T* wv = g.w + vb * g.R * S * g.cg * L;
+  for (int64_t r = 0; r < g.R; ++r) {
+    if (!g.rows[r]) continue;
+    // cg == kg: the vector's span of input channels starts at its first column.
+    const T* row = g.rows[r] + vb * L;
+    const T* px[SPAN];
+#pragma GCC unroll 64
+    for (int x = 0; x < SPAN; ++x) {
+      const int64_t iw = iw0 + x;
+      px[x] = x < span && iw >= 0 && iw < g.W ? row + iw * g.C : zero;
+    }
+    const T* wr = wv + r * S * g.cg * L;
+    for (int64_t c = 0; c < g.cg; ++c) {
+      const ivec_t<T> idx = base + static_cast<typename VecTraits<T>::I>(c);
+      V w[S];
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s) w[s] = vload(wr + (s * g.cg + c) * L);
+#pragma GCC unroll 64
+      for (int x = 0; x < SPAN; ++x) {
+        const V in = __builtin_shuffle(vload(px[x]), idx);
+#pragma GCC unroll 8
+        for (int s = 0; s < S; ++s) {
+          const int d = x - s;  // = j * ST for the output j that tap s of this column serves
+          if (d < 0 || d % ST != 0 || d / ST >= QB) continue;
+          acc[d / ST] += in * w[s];
+        }
+      }
+    }
+  }
+  gslide_store<T, QB>(g, acc, vb, q0, qv);
+}
+
+// Vector blocks outside, pixel blocks inside: a block's span of the R input
+// rows stays in L1 while the window slides along the row. Blocks of QB,
+// then of QB/2 and QB/4 for the rest (28 = 16 + 8 + 4).
+template <typename T, int S, int ST>
+void gslide_row(const GConvRowArgs<T>& g, ivec_t<T> base) {
+  constexpr int L = VecTraits<T>::L;
+  constexpr int QB = gslide_qb<S>();
+  alignas(64) static const T zero[L] = {};
+  for (int64_t vb = g.vb_begin; vb < g.vb_end; ++vb) {
+    // The next block's span is another cache line of every pixel (pitch
+    // C): fetch it while this one computes.
+    if (vb + 1 < g.vb_end)
+      for (int64_t r = 0; r < g.R; ++r) {
+        if (!g.rows[r]) continue;
+        const T* p = g.rows[r] + (vb + 1) * L;
+        for (int64_t iw = 0; iw < g.W; ++iw) __builtin_prefetch(p + iw * g.C);
+      }
+    for (int64_t q = 0; q < g.Q;) {
+      const int64_t rest = g.Q - q;
+      if (rest >= QB) {
+        gslide_block<T, S, ST, QB>(g, vb, q, QB, base, zero);
+        q += QB;
+      } else if (rest > QB / 4) {
+        gslide_block<T, S, ST, QB / 2>(g, vb, q, rest < QB / 2 ? rest : QB / 2, base, zero);
+        q += QB / 2;
+      } else {
+        gslide_block<T, S, ST, QB / 4>(g, vb, q, rest, base, zero);
+        q += QB / 4;
+      }
+    }
+  }
+}
+
+template <typename T>
+void gconvrow(const GConvRowArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  ivec_t<T> base;
+  for (int j = 0; j < L; ++j) base[j] = static_cast<typename VecTraits<T>::I>((j / g.kg) * g.cg);
+  if (g.stride == 1)
+    gslide_row<T, 3, 1>(g, base);
+  else
+    gslide_row<T, 3, 2>(g, base);
+}
+
+// ---------------------------------------------------------------------------
 // Depthwise convolution over channels_last pixels (see DwConvArgs): blocks of
 // QB pixels x NVC channel vectors of accumulators; each tap loads its weight
 // vectors once for the block. Memory-bound in practice, so the point is one
@@ -1454,7 +1578,8 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
   const IsaKernels var = {isa_name,         EFFCONV_VEC_BYTES,    EFFCONV_VEC_REGS,          \
                           &igemm<float>,    &igemm<double>,       &wgemm<float>,             \
                           &wgemm<double>,   &epilogue_map<float>, &epilogue_map<double>,     \
-                          &gconv<float>,    &gconv<double>,       &dwconv<float>,            \
+                          &gconv<float>,    &gconv<double>,       &gconvrow<float>,          \
+                          &gconvrow<double>,                      &dwconv<float>,            \
                           &dwconv<double>,                                                   \
                           &dwplane<float>,  &dwplane<double>,     &dwrow<float>,             \
                           &dwrow<double>,   &dwwgrad<float>,      &dwwgrad<double>,          \
