@@ -113,83 +113,67 @@ def test_pointwise_streamed_outputs(dtype, gen):
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_3x3", "winograd_p0_tails_nobias",
-                                                               "winograd_p20", "wide_channels")])
-def test_winograd_matches_direct(case, layout, gen):
-    """The Winograd forward (and grad_input, where the transposed conv
-    qualifies) agrees with the direct kernels (each is also checked against
-    float64 in the grid); its error stays within a few times the direct
-    kernel's, and it is not the direct kernel in disguise."""
-    C = _ext.C()
-    assert C.cpu_winograd_shape(case.C, case.K, case.R, case.S, 1, 1, 1, 1, case.groups)
-    pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
-    grad_input = C.cpu_winograd_grad_input_shape(case.C, case.K, case.R, case.S, 1, 1, *pad, 1, 1, case.groups)
-    x = make_input(case.input_shape, torch.float32, layout, gen).requires_grad_()
-    w = torch.randn(case.weight_shape, generator=gen) / 3
-    b = torch.randn(case.K, generator=gen)
-    xd = x.detach().double().requires_grad_()
-    ref = F.conv2d(xd, w.double(), b.double(), 1, case.padding)
-    # grad_input takes dy's layout (NCHW outputs run through a channels_last copy).
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    dy = torch.randn(ref.shape, generator=gen).contiguous(memory_format=fmt)
-    (ref_dx,) = torch.autograd.grad(ref, xd, dy.double())
-
-    def run():
-        y = effconv.functional.conv2d(x, w, b, 1, case.padding)
-        return (y.detach(), *torch.autograd.grad(y, x, dy))
-
-    wino = run()
-    before = C.set_cpu_winograd(False)
-    try:
-        direct = run()
-    finally:
-        C.set_cpu_winograd(before)
-    for name, a, d, r, used in (("output", wino[0], direct[0], ref, True),
-                                ("grad_input", wino[1], direct[1], ref_dx, grad_input)):
-        err_w = (a.double() - r).abs().max().item()
-        err_d = (d.double() - r).abs().max().item()
-        assert torch.equal(a, d) != used, f"{name}: Winograd {'not ' if used else ''}expected"
-        assert err_w <= 8 * err_d + 1e-6, f"{name}: Winograd error {err_w:.3g} vs direct {err_d:.3g}"
-
-
-@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("grows_cg4", "grows_5x3_s12", "g32_resnext")])
-def test_gconv_rows_match_indirect(case, layout, gen):
-    """The grouped sliding-window row kernel (forward; grad_input at stride 1)
-    agrees with the indirect gconv kernel it replaces, and is not that
-    kernel in disguise (a different summation order changes some bits)."""
-    C = _ext.C()
-    pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
-    stride = (case.stride,) * 2 if isinstance(case.stride, int) else case.stride
-    # Four channels per group or fewer: several groups per vector on AVX2 and AVX-512.
-    forward, grad_input = C.cpu_gconv_rows_shape(case.C, case.K, case.R, case.S, *stride, *pad, 1, 1, case.groups, 4)
-    assert forward
+def check_path_against_fallback(case, layout, gen, switch, grad_input, what, factor):
+    """A CPU fast path (on by default; `switch(False)` sends its convs to the
+    kernels it replaces) agrees with them on the output and, where
+    `grad_input`, on the input gradient: its float64 error stays within
+    `factor` times theirs, and it is not them in disguise (a different
+    summation order changes some bits). Each is also checked against float64
+    in the grid."""
     x = make_input(case.input_shape, torch.float32, layout, gen).requires_grad_()
     w = torch.randn(case.weight_shape, generator=gen) / 3
     b = torch.randn(case.K, generator=gen)
     args = (case.stride, case.padding, case.dilation, case.groups)
     xd = x.detach().double().requires_grad_()
     ref = F.conv2d(xd, w.double(), b.double(), *args)
-    dy = torch.randn(ref.shape, generator=gen)
+    # grad_input takes dy's layout (NCHW outputs run through a channels_last copy).
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    dy = torch.randn(ref.shape, generator=gen).contiguous(memory_format=fmt)
     (ref_dx,) = torch.autograd.grad(ref, xd, dy.double())
 
     def run():
         y = effconv.functional.conv2d(x, w, b, *args)
         return (y.detach(), *torch.autograd.grad(y, x, dy))
 
-    rows = run()
-    before = C.set_cpu_gconv_rows(False)
+    fast = run()
+    before = switch(False)
     try:
-        indirect = run()
+        fallback = run()
     finally:
-        C.set_cpu_gconv_rows(before)
-    for name, a, d, r, used in (("output", rows[0], indirect[0], ref, True),
-                                ("grad_input", rows[1], indirect[1], ref_dx, grad_input)):
-        err_r = (a.double() - r).abs().max().item()
+        switch(before)
+    for name, a, d, r, used in (("output", fast[0], fallback[0], ref, True),
+                                ("grad_input", fast[1], fallback[1], ref_dx, grad_input)):
+        err_a = (a.double() - r).abs().max().item()
         err_d = (d.double() - r).abs().max().item()
-        assert torch.equal(a, d) != used, f"{name}: row kernel {'not ' if used else ''}expected"
-        assert err_r <= 4 * err_d + 1e-6, f"{name}: row kernel error {err_r:.3g} vs indirect {err_d:.3g}"
+        assert torch.equal(a, d) != used, f"{name}: {what} {'not ' if used else ''}expected"
+        assert err_a <= factor * err_d + 1e-6, f"{name}: {what} error {err_a:.3g} vs {err_d:.3g} without it"
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_3x3", "winograd_p0_tails_nobias",
+                                                               "winograd_p20", "wide_channels")])
+def test_winograd_matches_direct(case, layout, gen):
+    """Winograd (forward, and grad_input where the transposed conv
+    qualifies) against the direct kernels: within a few times their error."""
+    C = _ext.C()
+    assert C.cpu_winograd_shape(case.C, case.K, case.R, case.S, 1, 1, 1, 1, case.groups)
+    pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
+    grad_input = C.cpu_winograd_grad_input_shape(case.C, case.K, case.R, case.S, 1, 1, *pad, 1, 1, case.groups)
+    check_path_against_fallback(case, layout, gen, C.set_cpu_winograd, grad_input, "Winograd", 8)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("grows_cg4", "grows_5x3_s12", "g32_resnext")])
+def test_gconv_rows_match_indirect(case, layout, gen):
+    """The grouped sliding-window row kernel (forward; grad_input at stride 1)
+    against the indirect gconv kernel it replaces."""
+    C = _ext.C()
+    pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
+    stride = (case.stride,) * 2 if isinstance(case.stride, int) else case.stride
+    # Four channels per group or fewer: several groups per vector on AVX2 and AVX-512.
+    forward, grad_input = C.cpu_gconv_rows_shape(case.C, case.K, case.R, case.S, *stride, *pad, 1, 1, case.groups, 4)
+    assert forward
+    check_path_against_fallback(case, layout, gen, C.set_cpu_gconv_rows, grad_input, "row kernel", 4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -722,6 +722,32 @@ void wgemm(const WGemmArgs<T>& g) {
 }
 
 // ---------------------------------------------------------------------------
+// Epilogue, store and batch statistics of one vector of output columns
+// [col, col + L) (those below ncols) for rows 0 .. n-1 (n <= N) of `acc`:
+// row(i) is row i's output, channel k at row(i)[k * cstride].
+template <typename T, int N, typename Row>
+inline void store_column_vector(const EpilogueArgs<T>& ep, const vec_t<T> (&acc)[N], int64_t n, int64_t col,
+                                int64_t ncols, int64_t cstride, const Row& row) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  const int64_t nvalid = ncols - col < L ? ncols - col : L;
+  V ssum{}, ssq{};
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    T* dst = row(i);
+    const V z = apply_epilogue<T>(acc[i], ep, col);
+    ssum += z;
+    ssq += z * z;
+    if (cstride == 1 && nvalid == L)
+      vstore(dst + col, z);
+    else
+      vstore_n(dst + col * cstride, z, nvalid, cstride);
+  }
+  if (ep.stat_sum) add_stats(ep, col, ssum, ssq, nvalid);
+}
+
+// ---------------------------------------------------------------------------
 // Grouped convolution vectorised across groups (see GConvArgs). Per pixel
 // and tap the span is loaded once; each input channel c of a group then
 // costs one register permute and one FMA for L output channels.
@@ -770,20 +796,8 @@ void gconv_block(const GConvArgs<T>& g, int64_t vb, int64_t i0, int64_t mv, ivec
       }
     }
   }
-  const int64_t col = vb * L;
-  const int64_t nvalid = g.ncols - col < L ? g.ncols - col : L;
-  V ssum{}, ssq{};
-  for (int64_t i = 0; i < mv; ++i) {
-    T* crow = g.c[i0 + i] + g.c_off;
-    const V z = apply_epilogue<T>(acc[i], g.ep, col);
-    ssum += z;
-    ssq += z * z;
-    if (g.c_cstride == 1 && nvalid == L)
-      vstore(crow + col, z);
-    else
-      vstore_n(crow + col * g.c_cstride, z, nvalid, g.c_cstride);
-  }
-  if (g.ep.stat_sum) add_stats(g.ep, col, ssum, ssq, nvalid);
+  store_column_vector<T, MR>(g.ep, acc, mv, vb * L, g.ncols, g.c_cstride,
+                             [&](int64_t i) { return g.c[i0 + i] + g.c_off; });
 }
 
 template <typename T>
@@ -813,28 +827,6 @@ void gconv(const GConvArgs<T>& g) {
 template <int S>
 constexpr int gslide_qb() {
   return EFFCONV_VEC_REGS >= 32 ? 16 : (S <= 3 ? 8 : 4);
-}
-
-template <typename T, int QB>
-inline void gslide_store(const GConvRowArgs<T>& g, vec_t<T> (&acc)[QB], int64_t vb, int64_t q0, int64_t qv) {
-  using V = vec_t<T>;
-  constexpr int L = VecTraits<T>::L;
-  const int64_t col = vb * L;
-  const int64_t nvalid = g.ncols - col < L ? g.ncols - col : L;
-  V ssum{}, ssq{};
-#pragma GCC unroll 16
-  for (int j = 0; j < QB; ++j) {
-    if (j >= qv) break;
-    T* dst = g.out + (q0 + j) * g.out_ps;
-    const V z = apply_epilogue<T>(acc[j], g.ep, col);
-    ssum += z;
-    ssq += z * z;
-    if (g.c_cstride == 1 && nvalid == L)
-      vstore(dst + col, z);
-    else
-      vstore_n(dst + col * g.c_cstride, z, nvalid, g.c_cstride);
-  }
-  if (g.ep.stat_sum) add_stats(g.ep, col, ssum, ssq, nvalid);
 }
 
 // Outputs [q0, q0 + qv), qv <= QB, of vector block vb. S and the stride ST
@@ -883,7 +875,8 @@ inline void gslide_block(const GConvRowArgs<T>& g, int64_t vb, int64_t q0, int64
       }
     }
   }
-  gslide_store<T, QB>(g, acc, vb, q0, qv);
+  store_column_vector<T, QB>(g.ep, acc, qv, vb * L, g.ncols, g.c_cstride,
+                             [&](int64_t j) { return g.out + (q0 + j) * g.out_ps; });
 }
 
 // Vector blocks outside, pixel blocks inside: a block's span of the R input
