@@ -94,6 +94,17 @@ void pack_row_panels(const T* src, int64_t ld, int64_t rows, int64_t ncols, int6
   }
 }
 
+// The input rows the kernel rows of output row (n, p) read in a dense
+// channels_last input x: rows[kr] is that row's first pixel, or null where
+// kernel row kr falls in the padding.
+template <typename T>
+void kernel_row_inputs(const Conv2dShape& s, const T* x, int64_t n, int64_t p, const T** rows) {
+  for (int64_t kr = 0; kr < s.R; ++kr) {
+    const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+    rows[kr] = ih >= 0 && ih < s.H ? x + (n * s.H + ih) * s.W * s.C : nullptr;
+  }
+}
+
 // Per-thread batch-statistics accumulators for the conv epilogue: thread t
 // adds into its own [sum | sum of squares] rows, and finish() sums the
 // threads in order into `stats` ([2, K] float64): deterministic for a given

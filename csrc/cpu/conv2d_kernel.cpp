@@ -251,10 +251,7 @@ void gconv_rows(const T* xp, const T* wp, const Conv2dShape& s, int64_t cg, int6
     row.ep.stat_sq = partials.sq();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t np = item / vsplit, split = item % vsplit, n = np / s.P, p = np % s.P;
-      for (int64_t kr = 0; kr < s.R; ++kr) {
-        const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-        rows[kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * s.C : nullptr;
-      }
+      kernel_row_inputs(s, xp, n, p, rows.data());
       row.out = op + n * ostride[0] + p * ostride[2];
       row.vb_begin = split * nvb / vsplit;
       row.vb_end = (split + 1) * nvb / vsplit;
@@ -294,10 +291,7 @@ void build_merged_rows(const Conv2dShape& s, const T* xp, const T* zrow, T* op, 
   for (int64_t i = 0; i < rows;) {
     // The rest of output row (n, p) in this tile; its kernel rows' input rows are fixed.
     const int64_t q_end = std::min(s.Q, q + rows - i);
-    for (int64_t kr = 0; kr < R; ++kr) {
-      const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-      xrow[kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * s.C : nullptr;
-    }
+    kernel_row_inputs(s, xp, n, p, xrow.data());
     T* orow = op + n * ostride[0] + p * ostride[2];
     for (; q < q_end; ++q, ++i) {
       c[i] = orow + q * ostride[3];

@@ -103,10 +103,7 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dSha
     row.ep.stat_sq = partials.sq();
     for (int64_t np = begin; np < end; ++np) {
       const int64_t n = np / s.P, p = np % s.P;
-      for (int64_t kr = 0; kr < s.R; ++kr) {
-        const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-        rows[kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * C : nullptr;
-      }
+      kernel_row_inputs(s, xp, n, p, rows.data());
       row.out = op + n * on + p * oh;
       isa.dwrow(row);
     }
