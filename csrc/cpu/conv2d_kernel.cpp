@@ -182,16 +182,19 @@ std::vector<T> pack_gconv_weight(int64_t ncols, int64_t taps, int64_t reduce, in
   return wp;
 }
 
+// A kernel choice that is on unless the environment variable `name` is "0".
+bool switch_on(const char* name) {
+  const char* env = std::getenv(name);
+  return !(env && std::string(env) == "0");
+}
+
 // Whether a grouped conv runs on the sliding-window row kernel
 // (GConvRowArgs): as many input as output channels per group, several
 // groups per vector, whole vectors of channels, and a row shape gconvrow
 // unrolls (ResNeXt's 3x3 layers up to 8 channels per group). With 16 or 32
 // channels per group a sliding window with broadcast inputs ran no faster
 // than igemm (0.85-1.0x on Zen 4), so those stay there.
-std::atomic<bool> g_gconv_rows{[] {
-  const char* env = std::getenv("EFFCONV_CPU_GCONV_ROWS");
-  return !(env && std::string(env) == "0");
-}()};
+std::atomic<bool> g_gconv_rows{switch_on("EFFCONV_CPU_GCONV_ROWS")};
 
 bool use_gconv_rows(const Conv2dShape& s, int64_t cg, int64_t kg, int lanes) {
   return g_gconv_rows.load(std::memory_order_relaxed) && s.groups > 1 && cg == kg && kg < lanes &&
@@ -228,7 +231,6 @@ void gconv_rows(const T* xp, const T* wp, const Conv2dShape& s, int64_t cg, int6
   const int64_t nvb = s.K / isa.lanes<T>();
   GConvRowArgs<T> args;
   args.R = s.R;
-  args.S = s.S;
   args.W = s.W;
   args.Q = s.Q;
   args.C = s.C;
@@ -489,10 +491,7 @@ void with_channel_rows(at::Tensor& out, const Run& run) {
   if (!rows.is_same(out)) out.copy_(rows);
 }
 
-std::atomic<bool> g_winograd{[] {
-  const char* env = std::getenv("EFFCONV_CPU_WINOGRAD");
-  return !(env && std::string(env) == "0");
-}()};
+std::atomic<bool> g_winograd{switch_on("EFFCONV_CPU_WINOGRAD")};
 
 // Whether conv `s` (the one computed: for grad_input the transposed conv)
 // runs as Winograd. Every tile block streams all of U (16 x C x K, 16/9 of

@@ -65,8 +65,8 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
         kind = "1x1 GEMM"
     else:
         kind = f"implicit GEMM {r}x{s}"
+        c = cg * groups
         if _ext.available() and _c().cpu_winograd():
-            c = cg * groups
             passes = [name for name, ok in (
                 ("forward", _c().cpu_winograd_shape(c, k, r, s, *stride, *dilation, groups)),
                 ("grad_input", _c().cpu_winograd_grad_input_shape(c, k, r, s, *stride, *padding, *dilation, groups)),
@@ -75,7 +75,6 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
                 kind += (f"; C++: Winograd F(2x2,3x3) {' and '.join(passes)} "
                          f"with >= {c * k // _c().cpu_winograd_weight_per_tile} 2x2 output tiles")
         if _ext.available() and groups > 1:
-            c = cg * groups
             ok = _c().cpu_gconv_rows_shape(c, k, r, s, *stride, *padding, *dilation, groups, 4)
             passes = [name for name, on in zip(("forward", "grad_input"), ok) if on]
             if passes:

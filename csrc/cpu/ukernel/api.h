@@ -163,7 +163,7 @@ struct GConvArgs {
 template <typename T>
 struct GConvRowArgs {
   const T* const* rows = nullptr;  // per kernel row: input row (pixel 0, channel 0), or null (padding)
-  int64_t R = 0, S = 3, W = 0, Q = 0;
+  int64_t R = 0, W = 0, Q = 0;        // kernel rows (each 3 wide), input and output row lengths
   int64_t C = 0;                   // channels per input pixel (its pitch)
   int64_t stride = 1, pad = 0;     // along W: stride 1 or 2
   int64_t cg = 0, kg = 0;

@@ -824,10 +824,7 @@ void gconv(const GConvArgs<T>& g) {
 // Grouped convolution along one output row as a sliding window (see
 // GConvRowArgs): a block is one vector of L / kg groups, lane j reading
 // channel (j / kg) * cg + c of the vector's span through a register permute.
-template <int S>
-constexpr int gslide_qb() {
-  return EFFCONV_VEC_REGS >= 32 ? 16 : (S <= 3 ? 8 : 4);
-}
+constexpr int kGslideQb = EFFCONV_VEC_REGS >= 32 ? 16 : 8;  // outputs per block (accumulators)
 
 // Outputs [q0, q0 + qv), qv <= QB, of vector block vb. S and the stride ST
 // are known at compile time, so the column -> (output, tap) map unrolls
@@ -885,7 +882,7 @@ inline void gslide_block(const GConvRowArgs<T>& g, int64_t vb, int64_t q0, int64
 template <typename T, int S, int ST>
 void gslide_row(const GConvRowArgs<T>& g, ivec_t<T> base) {
   constexpr int L = VecTraits<T>::L;
-  constexpr int QB = gslide_qb<S>();
+  constexpr int QB = kGslideQb;
   alignas(64) static const T zero[L] = {};
   for (int64_t vb = g.vb_begin; vb < g.vb_end; ++vb) {
     // The next block's span is another cache line of every pixel (pitch
