@@ -73,6 +73,13 @@ CASES = [
     # One-vector output panels with a reduction longer than one block (the
     # CPU forward splits its 9 taps of 320 channels into blocks).
     Case("narrow_out_blocked", 2, 320, 5, 7, 16, 3, 3, padding=1),
+    # Grouped convs with whole vectors of input channels per group and one
+    # group per output vector: the CPU weight gradient blocks 3 / 2 / 1 taps
+    # x 8 / 4 / 2 / 1 output channels over one vector of input channels.
+    Case("gwt_cg16", 2, 32, 7, 9, 32, 3, 3, padding=1, groups=2),
+    Case("gwt_cg32_k13_s2", 1, 64, 9, 8, 26, 3, 3, stride=2, padding=1, groups=2),
+    Case("gwt_cg16_2x2_d2", 2, 48, 8, 7, 36, 2, 2, padding=1, dilation=2, groups=3),
+    Case("gwt_cg16_1x5_nobias", 1, 32, 5, 11, 20, 1, 5, padding=(0, 2), groups=2, bias=False),
     # Grouped convs with as many input as output channels per group, several
     # groups per vector and whole vectors of channels: the CPU forward (and,
     # at stride 1, grad_input) runs the sliding-window row kernel for 3-wide

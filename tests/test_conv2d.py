@@ -261,7 +261,7 @@ def test_backward_is_deterministic(gen):
 
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in (
     "pw1x1", "3x3_s2", "g32_resnext", "grows_cg8_s2_nobias", "grows_cg2_p0", "wide_channels",
-    "rows_merged_dil21", "narrow_out_3x3", "winograd_p0_tails_nobias")])
+    "rows_merged_dil21", "narrow_out_3x3", "gwt_cg32_k13_s2", "winograd_p0_tails_nobias")])
 def test_other_isa_builds(other_isa, case, gen):
     run_case(case, torch.float32, "channels_last", gen=gen, activation="silu", epilogue=True)
     run_case(case, torch.float64, "nchw", gen=gen)

@@ -971,9 +971,13 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   // leave the output-channel vectors of the plain form one wide or padded,
   // and every pixel then costs a broadcast per multiply-add; the transposed
   // form puts input channels on the vectors (WGemmArgs::dy).
+  // Grouped convs with whole vectors of input channels per group (ResNeXt's
+  // 16 and 32) take it with one vector and blocks of taps: their 16- or
+  // 32-wide output-channel panels held too few accumulators.
   const int nvt = s.groups == 1 && Cg % lanes == 0 && 2 * Kg <= 3 * lanes
                       ? (Cg % (4 * lanes) == 0 ? 4 : Cg % (3 * lanes) == 0 ? 3 : Cg % (2 * lanes) == 0 ? 2 : 0)
-                      : 0;
+                  : s.groups > 1 && gp.gs == 1 && Cg % lanes == 0 ? 1
+                                                                  : 0;
   const bool transposed = nvt > 0;
   const int nv = transposed ? nvt : choose_nv(Kg, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(Kg, nr), kpad = npanels * nr;
@@ -985,7 +989,7 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   const int64_t gsize = transposed ? Kg * RS * Cg : RS * Cg * kpad;
 
   const int64_t M = s.N * s.P * s.Q, PQ = s.P * s.Q;
-  const int64_t chunk = 256;
+  const int64_t chunk = nvt == 1 ? 96 : 256;
   const int64_t nchunks = ceil_div(M, chunk);
   const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nchunks));
   std::vector<T> parts(nparts * G * gsize, T(0));

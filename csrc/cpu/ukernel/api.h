@@ -111,6 +111,10 @@ struct WGemmArgs {
   // vectors), so narrow outputs still get full MR x NV register blocks:
   //
   //   dw[k][t * cg + c] += sum_m dy[m * ldd + k] * X[m, t][c],   k < kcols
+  //
+  // With nv == 1 (grouped convs with whole vectors of input channels per
+  // group) a register block spans up to 3 taps, so each dy broadcast serves
+  // every tap of the block.
   const T* dy = nullptr;
   int64_t ldd = 0;
   int64_t kcols = 0;

@@ -666,6 +666,62 @@ void wgemm_t_nv(const WGemmArgs<T>& g) {
     }
 }
 
+// Transposed weight gradient with one vector of input channels (NV == 1,
+// grouped convs with 16 or 32 channels per group): TB taps x MR output
+// channels per block, so each pixel's MR broadcasts of dy feed TB taps
+// (TB * MR multiply-adds per TB vector loads and MR broadcasts). A single tap
+// per block (wgemm_t_block) re-broadcast every dy element once per tap and
+// left a 4-row remainder block of 16 channels latency-bound.
+template <typename T, int TB, int MR>
+void wgemm_tt_block(const WGemmArgs<T>& g, int64_t t0, int64_t c0, int64_t k0, T* out, int64_t ld) {
+  vec_t<T> acc[TB][MR];
+#pragma GCC unroll 4
+  for (int j = 0; j < TB; ++j)
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) acc[j][i] = vec_t<T>{};
+  const T* const* xr = g.x + t0;
+  const int64_t off = g.x_off + c0;
+  for (int64_t m = 0; m < g.m; ++m, xr += g.ntaps) {
+    const T* dp = g.dy + m * g.ldd + k0;
+    vec_t<T> xv[TB];
+#pragma GCC unroll 4
+    for (int j = 0; j < TB; ++j) xv[j] = vload(xr[j] + off);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const T s = dp[i];
+#pragma GCC unroll 4
+      for (int j = 0; j < TB; ++j) acc[j][i] += s * xv[j];
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < TB; ++j) {
+      T* o = out + (k0 + i) * ld + (t0 + j) * g.cg;
+      vstore(o, vload(o) + acc[j][i]);
+    }
+}
+
+// Taps in blocks of 3 (one 3-wide kernel row), then 2 / 1.
+template <typename T, int TB>
+void wgemm_tt_taps(const WGemmArgs<T>& g, int64_t t0, T* out, int64_t ld) {
+  constexpr int L = VecTraits<T>::L;
+  constexpr int MRMAX = EFFCONV_VEC_REGS >= 32 ? 8 : 4;  // TB * MR accumulators + TB inputs
+  for (int64_t c0 = 0; c0 + L <= g.cg; c0 += L)
+    for_each_row_block<MRMAX>(g.kcols, [&](auto mr, int64_t k0) {
+      wgemm_tt_block<T, TB, decltype(mr)::value>(g, t0, c0, k0, out + c0, ld);
+    });
+}
+
+template <typename T>
+void wgemm_tt(const WGemmArgs<T>& g) {
+  const int64_t ld = g.ntaps * g.cg;
+  int64_t t0 = 0;
+  for (; t0 + 3 <= g.ntaps; t0 += 3) wgemm_tt_taps<T, 3>(g, t0, g.dw, ld);
+  if (g.ntaps - t0 == 2) wgemm_tt_taps<T, 2>(g, t0, g.dw, ld);
+  if (g.ntaps - t0 == 1) wgemm_tt_taps<T, 1>(g, t0, g.dw, ld);
+}
+
 // acc[j] += sum_m src[m * ld + j] for j < cols.
 template <typename T>
 void colsum(const T* src, int64_t ld, int64_t rows, int64_t cols, T* acc) {
@@ -706,7 +762,7 @@ void wgemm(const WGemmArgs<T>& g) {
   }
   if (g.dy) {
     switch (g.nv) {
-      case 1: wgemm_t_nv<T, kMr1, 1>(g); break;
+      case 1: wgemm_tt(g); break;
       case 2: wgemm_t_nv<T, kMr2, 2>(g); break;
       case 3: wgemm_t_nv<T, kMr3, 3>(g); break;
       default: wgemm_t_nv<T, kMr4, 4>(g); break;
