@@ -103,11 +103,12 @@ def remember(plans: dict, key, plan) -> None:
 def _suggests_channels_last(t: torch.Tensor) -> bool:
     if t.dim() != 4:
         return False
-    if t.is_contiguous():  # also true for ambiguous layouts (C == 1, H == W == 1): PyTorch says contiguous
-        return False
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return True
-    return suggest_memory_format(t) == torch.channels_last  # strided views: PyTorch's stride-order rule
+    contiguous, channels_last = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+    if contiguous != channels_last:
+        return channels_last
+    # Both (sizes of 1 make strides ambiguous: a [K, 1, kH, kW] weight made
+    # channels_last) or neither (strided views): PyTorch's stride-order rule.
+    return suggest_memory_format(t) == torch.channels_last
 
 
 def conv_memory_format(input: torch.Tensor, weight: torch.Tensor | None = None):
