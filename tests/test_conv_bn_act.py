@@ -171,6 +171,48 @@ def test_eval_fold_is_never_stale():
         assert_close(m(x), ref(x), 36, "after training")
 
 
+@pytest.mark.parametrize("conv", [(4, 6, 3, 1, 1), (6, 6, 3, 1, 6)], ids=["dense", "depthwise"])
+def test_eval_plan_memo_follows_every_change(conv):
+    """Inference memoises the op's plan per block; every input or module
+    change the plan depends on must reach the op."""
+    cin, cout, k, stride, groups = conv
+    m = effconv.ConvBNAct2d(cin, cout, k, stride, groups=groups, activation="relu6").eval()
+    randomize_bn(m[1])
+    ref = unfused_copy(m).eval()
+    x = torch.randn(2, cin, 7, 9)
+    with torch.inference_mode():
+        for what, xi in [("first call", x), ("same call", x), ("channels_last input", x.to(memory_format=torch.channels_last)),
+                         ("other size", torch.randn(1, cin, 5, 11))]:
+            out = m(xi)
+            assert out.is_contiguous(memory_format=torch.channels_last) == (what == "channels_last input")
+            assert_close(out, ref(xi), cin * k * k, what)
+    m, ref = m.double(), ref.double()
+    with torch.inference_mode():
+        assert_close(m(x.double()), ref(x.double()), cin * k * k, "float64")
+    m, ref = m.float(), ref.float()
+    with torch.inference_mode():
+        assert_close(m(x), ref(x), cin * k * k, "float32 again")
+        # Module attributes the plan reads.
+        for attr, value in [("stride", (2, 1)), ("padding", (0, 2)), ("dilation", (2, 2))]:
+            setattr(m[0], attr, value)
+            setattr(ref[0], attr, value)
+            assert_close(m(x), ref(x), cin * k * k, f"after changing {attr}")
+        # A weight swapped under the parameter (no version bump), with new strides.
+        w = m[0].weight.detach().clone().to(memory_format=torch.channels_last) * 0.5
+        m[0].weight.data = w
+        ref[0].weight.data = w.clone()
+        out, expected = m(x), ref(x)
+        assert_close(out, expected, cin * k * k, "after swapping the weight's data")
+        cl = torch.channels_last
+        assert out.is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl), "output layout"
+        with effconv.use_backend("torch"):
+            assert_close(m(x), ref(x), cin * k * k, "under use_backend('torch')")
+        # Parameters made under inference_mode have no version counter: no memo, same results.
+        m, ref = m.double(), ref.double()
+        for _ in range(2):
+            assert_close(m(x.double()), ref(x.double()), cin * k * k, "inference-tensor parameters")
+
+
 def test_batch_of_one_value_per_channel_raises_like_torch():
     m = effconv.ConvBNReLU2d(3, 4, 1)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):

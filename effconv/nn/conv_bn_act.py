@@ -40,24 +40,32 @@ class _FoldCache:
     and version counter): an in-place update (optimizer step, training-mode
     forward, load_state_dict, ``.copy_``), a replaced parameter or a moved
     module all invalidate it. Holding the tensors keeps their storage from
-    being reused by a look-alike."""
+    being reused by a look-alike.
 
-    __slots__ = ("tensors", "state", "value")
+    ``call`` memoises the op's plan (checks, routing, output layout) for the
+    last call's metadata; it lives and dies with the fold, whose tensors
+    include the conv weight."""
+
+    __slots__ = ("tensors", "state", "value", "call")
 
     def __init__(self):
-        self.tensors, self.state, self.value = None, None, None
+        self.tensors, self.state, self.value, self.call = None, None, None, None
 
     def get(self, tensors, extra, compute, *args):
         """The cached ``compute(*args)``, recomputed when a tensor or ``extra`` changed."""
         state = [extra]
-        for t in tensors:
-            if t is not None:
-                state += (t.device, t.data_ptr(), t._version)
+        try:
+            for t in tensors:
+                if t is not None:
+                    state += (t.device, t.data_ptr(), t._version)
+        except RuntimeError:  # inference tensors (a module converted under inference_mode) have no version
+            self.tensors, self.state, self.value, self.call = None, None, None, None
+            return compute(*args)
         held = self.tensors
         if held is not None and self.state == state and all(a is b for a, b in zip(held, tensors)):
             return self.value
         self.value = compute(*args)
-        self.tensors, self.state = tuple(tensors), state
+        self.tensors, self.state, self.call = tuple(tensors), state, None
         return self.value
 
 
@@ -74,15 +82,16 @@ def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, ac
         buffers, params = bn._buffers, bn._parameters
         running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
         if running_mean is not None and running_var is not None:
-            fold = (running_mean, running_var, params.get("weight"), params.get("bias"), conv.bias)
+            weight = conv.weight
+            fold = (running_mean, running_var, params.get("weight"), params.get("bias"), conv.bias, weight)
             scale, shift = cache.get(fold, (bn.eps, input.dtype), functional.fold_batch_norm, *fold[:4], bn.eps,
                                      fold[4], input.dtype)
             # nn.Conv2d keeps stride/dilation (and non-string padding) as int
             # pairs: only the routing is left of functional.conv2d.
             if input.dim() == 4 and not isinstance(conv.padding, str):
-                return functional.conv2d_normalized(input, conv.weight, None, list(conv.stride), list(conv.padding),
-                                                    list(conv.dilation), conv.groups, scale, shift, activation)
-            return functional.conv2d(input, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups,
+                return functional.conv2d_planned(cache, input, weight, conv.stride, conv.padding, conv.dilation,
+                                                 conv.groups, scale, shift, activation)
+            return functional.conv2d(input, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups,
                                      scale=scale, shift=shift, activation=activation)
     if conv.padding_mode != "zeros":
         input = F.pad(input, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
