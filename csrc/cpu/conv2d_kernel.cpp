@@ -989,6 +989,8 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   const int64_t gsize = transposed ? Kg * RS * Cg : RS * Cg * kpad;
 
   const int64_t M = s.N * s.P * s.Q, PQ = s.P * s.Q;
+  // The tap-blocked form re-reads a chunk's pixels once per (3 taps, 8
+  // outputs) block: 96 pixels of a 32-channel group (x and dy) stay in L1.
   const int64_t chunk = nvt == 1 ? 96 : 256;
   const int64_t nchunks = ceil_div(M, chunk);
   const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nchunks));

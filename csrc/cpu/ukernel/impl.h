@@ -620,106 +620,77 @@ void wgemm_nv(const WGemmArgs<T>& g) {
   }
 }
 
-// Transposed weight gradient (WGemmArgs::dy): MR output channels x NV
-// vectors of input channels per block; per pixel NV vector loads of X and
-// MR broadcasts of dy feed MR * NV multiply-adds.
-template <typename T, int MR, int NV>
-void wgemm_t_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, int64_t k0, T* out, int64_t ld) {
+// Transposed weight gradient (WGemmArgs::dy): TB taps x MR output channels
+// x NV vectors of input channels per block; per pixel TB * NV vector loads
+// of X and MR broadcasts of dy feed TB * MR * NV multiply-adds. Several
+// vectors take one tap per block (TB = 1); one vector (grouped convs with
+// 16 or 32 channels per group) takes up to 3 taps, so each dy broadcast
+// serves every tap of the block: one tap per block re-broadcast each dy
+// element per tap and left 16 channels a latency-bound 4-row remainder.
+template <typename T, int TB, int MR, int NV>
+void wgemm_t_block(const WGemmArgs<T>& g, int64_t t0, int64_t c0, int64_t k0, T* out, int64_t ld) {
   constexpr int L = VecTraits<T>::L;
-  vec_t<T> acc[MR][NV];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = vec_t<T>{};
-  for (int64_t m = 0; m < g.m; ++m) {
-    const T* xp = g.x[m * g.ntaps + t] + g.x_off + c0;
-    const T* dp = g.dy + m * g.ldd + k0;
-    vec_t<T> xv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) xv[v] = vload(xp + v * L);
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) {
-      const T s = dp[i];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] += s * xv[v];
-    }
-  }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      T* o = out + (k0 + i) * ld + v * L;
-      vstore(o, vload(o) + acc[i][v]);
-    }
-}
-
-template <typename T, int MRMAX, int NV>
-void wgemm_t_nv(const WGemmArgs<T>& g) {
-  constexpr int64_t NR = int64_t(NV) * VecTraits<T>::L;
-  const int64_t ld = g.ntaps * g.cg;
-  for (int64_t t = 0; t < g.ntaps; ++t)
-    for (int64_t c0 = 0; c0 + NR <= g.cg; c0 += NR) {
-      T* out = g.dw + t * g.cg + c0;
-      for_each_row_block<MRMAX>(g.kcols, [&](auto mr, int64_t k0) {
-        wgemm_t_block<T, decltype(mr)::value, NV>(g, t, c0, k0, out, ld);
-      });
-    }
-}
-
-// Transposed weight gradient with one vector of input channels (NV == 1,
-// grouped convs with 16 or 32 channels per group): TB taps x MR output
-// channels per block, so each pixel's MR broadcasts of dy feed TB taps
-// (TB * MR multiply-adds per TB vector loads and MR broadcasts). A single tap
-// per block (wgemm_t_block) re-broadcast every dy element once per tap and
-// left a 4-row remainder block of 16 channels latency-bound.
-template <typename T, int TB, int MR>
-void wgemm_tt_block(const WGemmArgs<T>& g, int64_t t0, int64_t c0, int64_t k0, T* out, int64_t ld) {
-  vec_t<T> acc[TB][MR];
+  vec_t<T> acc[TB][MR][NV];
 #pragma GCC unroll 4
   for (int j = 0; j < TB; ++j)
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[j][i] = vec_t<T>{};
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[j][i][v] = vec_t<T>{};
   const T* const* xr = g.x + t0;
   const int64_t off = g.x_off + c0;
   for (int64_t m = 0; m < g.m; ++m, xr += g.ntaps) {
     const T* dp = g.dy + m * g.ldd + k0;
-    vec_t<T> xv[TB];
+    vec_t<T> xv[TB][NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < TB; ++j) xv[j] = vload(xr[j] + off);
-#pragma GCC unroll 16
+    for (int j = 0; j < TB; ++j)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) xv[j][v] = vload(xr[j] + off + v * L);
+#pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
       const T s = dp[i];
 #pragma GCC unroll 4
-      for (int j = 0; j < TB; ++j) acc[j][i] += s * xv[j];
+      for (int j = 0; j < TB; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[j][i][v] += s * xv[j][v];
     }
   }
-#pragma GCC unroll 16
+#pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < TB; ++j) {
-      T* o = out + (k0 + i) * ld + (t0 + j) * g.cg;
-      vstore(o, vload(o) + acc[j][i]);
-    }
+    for (int j = 0; j < TB; ++j)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        T* o = out + (k0 + i) * ld + (t0 + j) * g.cg + v * L;
+        vstore(o, vload(o) + acc[j][i][v]);
+      }
 }
 
-// Taps in blocks of 3 (one 3-wide kernel row), then 2 / 1.
-template <typename T, int TB>
-void wgemm_tt_taps(const WGemmArgs<T>& g, int64_t t0, T* out, int64_t ld) {
-  constexpr int L = VecTraits<T>::L;
-  constexpr int MRMAX = EFFCONV_VEC_REGS >= 32 ? 8 : 4;  // TB * MR accumulators + TB inputs
-  for (int64_t c0 = 0; c0 + L <= g.cg; c0 += L)
+// Taps [t0, t0 + TB) over every block of NV vectors of input channels and
+// MRMAX (then 8/4/2/1) output channels.
+template <typename T, int TB, int MRMAX, int NV>
+void wgemm_t_taps(const WGemmArgs<T>& g, int64_t t0) {
+  constexpr int64_t NR = int64_t(NV) * VecTraits<T>::L;
+  const int64_t ld = g.ntaps * g.cg;
+  for (int64_t c0 = 0; c0 + NR <= g.cg; c0 += NR)
     for_each_row_block<MRMAX>(g.kcols, [&](auto mr, int64_t k0) {
-      wgemm_tt_block<T, TB, decltype(mr)::value>(g, t0, c0, k0, out + c0, ld);
+      wgemm_t_block<T, TB, decltype(mr)::value, NV>(g, t0, c0, k0, g.dw + c0, ld);
     });
 }
 
+template <typename T, int MRMAX, int NV>
+void wgemm_t_nv(const WGemmArgs<T>& g) {
+  for (int64_t t = 0; t < g.ntaps; ++t) wgemm_t_taps<T, 1, MRMAX, NV>(g, t);
+}
+
+// One vector: taps in blocks of 3 (a 3-wide kernel row), then 2 / 1.
 template <typename T>
-void wgemm_tt(const WGemmArgs<T>& g) {
-  const int64_t ld = g.ntaps * g.cg;
+void wgemm_t_v1(const WGemmArgs<T>& g) {
+  constexpr int MR = EFFCONV_VEC_REGS >= 32 ? 8 : 4;  // TB * MR accumulators + TB inputs
   int64_t t0 = 0;
-  for (; t0 + 3 <= g.ntaps; t0 += 3) wgemm_tt_taps<T, 3>(g, t0, g.dw, ld);
-  if (g.ntaps - t0 == 2) wgemm_tt_taps<T, 2>(g, t0, g.dw, ld);
-  if (g.ntaps - t0 == 1) wgemm_tt_taps<T, 1>(g, t0, g.dw, ld);
+  for (; t0 + 3 <= g.ntaps; t0 += 3) wgemm_t_taps<T, 3, MR, 1>(g, t0);
+  if (g.ntaps - t0 == 2) wgemm_t_taps<T, 2, MR, 1>(g, t0);
+  if (g.ntaps - t0 == 1) wgemm_t_taps<T, 1, MR, 1>(g, t0);
 }
 
 // acc[j] += sum_m src[m * ld + j] for j < cols.
@@ -762,7 +733,7 @@ void wgemm(const WGemmArgs<T>& g) {
   }
   if (g.dy) {
     switch (g.nv) {
-      case 1: wgemm_tt(g); break;
+      case 1: wgemm_t_v1(g); break;
       case 2: wgemm_t_nv<T, kMr2, 2>(g); break;
       case 3: wgemm_t_nv<T, kMr3, 3>(g); break;
       default: wgemm_t_nv<T, kMr4, 4>(g); break;
