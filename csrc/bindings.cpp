@@ -48,8 +48,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", [](const std::string& name) { return effconv::cpu::set_isa(name.c_str()); },
         "Force 'avx512', 'avx2' or 'baseline' (tests); returns False if this CPU lacks it.");
   m.def("set_cpu_winograd", &effconv::cpu::set_winograd,
-        "Turn the CPU conv2d's Winograd F(2x2, 3x3) (forward and grad_input) on or off; returns the previous "
+        "Turn the CPU conv2d's Winograd path (forward and grad_input) on or off; returns the previous "
         "setting.");
+  m.def("set_cpu_winograd_f4", &effconv::cpu::set_winograd_f4,
+        "Let the CPU Winograd path use F(4x4, 3x3) where it pays (on by default), or keep F(2x2, 3x3); returns "
+        "the previous setting.");
+  m.def("cpu_winograd_tile", &effconv::cpu::winograd_tile,
+        "The output tile edge (2 or 4) the CPU Winograd path uses for a conv with C input channels and a P x Q "
+        "output (C, P, Q).");
+  m.attr("cpu_winograd_f4_max_in") = effconv::cpu::kWinogradF4MaxIn;
   m.def("set_cpu_gconv_rows", &effconv::cpu::set_gconv_rows,
         "Turn the CPU conv2d's sliding-window grouped kernel (cg == kg, 3-wide) on or off; returns the previous "
         "setting.");

@@ -92,13 +92,17 @@ CASES = [
     Case("grows_3x5", 1, 32, 6, 9, 32, 3, 5, padding=(1, 2), groups=8),
     Case("grows_pad3", 1, 32, 4, 5, 32, 3, 3, padding=3, groups=8),
     # 3x3 stride-1 convs with >= 16 in / 32 out channels: the CPU forward runs
-    # Winograd F(2x2, 3x3), and so does grad_input
-    # when the transposed conv qualifies (>= 16 out / 32 in channels, padding
-    # <= 2). Odd sizes leave tiles hanging over the last row and column; 40,
-    # 36 and 33 channels end in partial vectors of the GEMM or the transforms.
+    # Winograd (F(4x4, 3x3) on outputs large enough for it, F(2x2, 3x3) on the
+    # 6x5 one), and so does grad_input when the transposed conv qualifies
+    # (>= 16 out / 32 in channels, padding <= 2). Odd sizes leave tiles hanging
+    # over the last row and column; 40, 36 and 33 channels end in partial
+    # vectors of the GEMM or the transforms.
     Case("winograd_3x3", 2, 16, 9, 11, 40, 3, 3, padding=1),
     Case("winograd_p0_tails_nobias", 3, 36, 8, 7, 33, 3, 3, bias=False),
     Case("winograd_p20", 1, 40, 6, 10, 64, 3, 3, padding=(2, 0)),
+    # F(4x4, 3x3) where the output is large enough: a 13x10 output leaves
+    # one row and two columns of its last tiles inside.
+    Case("winograd_f4_tails", 1, 24, 13, 10, 40, 3, 3, padding=1),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

@@ -149,17 +149,37 @@ def check_path_against_fallback(case, layout, gen, switch, grad_input, what, fac
         assert err_a <= factor * err_d + 1e-6, f"{name}: {what} error {err_a:.3g} vs {err_d:.3g} without it"
 
 
+class winograd_tiles:
+    """Within the block, the CPU Winograd path uses F(4x4, 3x3) where it pays
+    (tile 4, the default) or F(2x2, 3x3) everywhere (tile 2)."""
+
+    def __init__(self, tile: int):
+        self.tile = tile
+
+    def __enter__(self):
+        self.before = _ext.C().set_cpu_winograd_f4(self.tile == 4)
+
+    def __exit__(self, *exc):
+        _ext.C().set_cpu_winograd_f4(self.before)
+
+
+# F(2x2) for every case; F(4x4) where the output is large enough to choose it.
+WINOGRAD = [("winograd_3x3", 2), ("winograd_p0_tails_nobias", 2), ("winograd_p20", 2), ("wide_channels", 2),
+            ("winograd_3x3", 4), ("winograd_p20", 4), ("winograd_f4_tails", 4)]
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_3x3", "winograd_p0_tails_nobias",
-                                                               "winograd_p20", "wide_channels")])
-def test_winograd_matches_direct(case, layout, gen):
+@pytest.mark.parametrize("case,tile", [pytest.param(BY_NAME[n], t, id=f"{n}-F{t}x{t}") for n, t in WINOGRAD])
+def test_winograd_matches_direct(case, tile, layout, gen):
     """Winograd (forward, and grad_input where the transposed conv
     qualifies) against the direct kernels: within a few times their error."""
     C = _ext.C()
     assert C.cpu_winograd_shape(case.C, case.K, case.R, case.S, 1, 1, 1, 1, case.groups)
     pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
     grad_input = C.cpu_winograd_grad_input_shape(case.C, case.K, case.R, case.S, 1, 1, *pad, 1, 1, case.groups)
-    check_path_against_fallback(case, layout, gen, C.set_cpu_winograd, grad_input, "Winograd", 8)
+    with winograd_tiles(tile):
+        assert C.cpu_winograd_tile(case.C, case.H + 2 * pad[0] - 2, case.W + 2 * pad[1] - 2) == tile
+        check_path_against_fallback(case, layout, gen, C.set_cpu_winograd, grad_input, "Winograd", 8)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
@@ -184,10 +204,17 @@ def test_winograd_grad_input_channels_last(case, dtype, gen):
     run_case(case, dtype, "channels_last", gen=gen, dy_like_output=True)
 
 
-def test_winograd_statistics_and_concat_outputs(gen):
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_statistics_and_concat_outputs(tile, gen):
     """Winograd epilogue variants beyond the grid: batch statistics for
     training-mode BatchNorm (conv-BN op) and an output that is a channel
     range of a wider concatenation (conv2d_cat)."""
+    assert _ext.C().cpu_winograd_tile(16, 7, 9) == 4  # the 7x9 output takes F(4x4) unless told not to
+    with winograd_tiles(tile):
+        _winograd_statistics_and_concat_outputs(gen)
+
+
+def _winograd_statistics_and_concat_outputs(gen):
     x = make_input((2, 16, 7, 9), torch.float32, "channels_last", gen)
     convs = [(torch.randn(32, 16, 3, 3, generator=gen) / 3, torch.randn(32, generator=gen)),
              (torch.randn(48, 16, 3, 3, generator=gen) / 3, torch.randn(48, generator=gen))]
@@ -267,7 +294,8 @@ def test_other_isa_builds(other_isa, case, gen):
     run_case(case, torch.float64, "nchw", gen=gen)
 
 
-def test_other_isa_winograd(other_isa, gen):
-    case = BY_NAME["winograd_p0_tails_nobias"]
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_p0_tails_nobias", "winograd_f4_tails")])
+def test_other_isa_winograd(other_isa, case, gen):
+    """F(2x2) (a 6x5 output) and F(4x4) (13x10) on the other ISA builds."""
     for dtype in (torch.float32, torch.float64):
         run_case(case, dtype, "channels_last", gen=gen, activation="relu6", epilogue=True, dy_like_output=True)

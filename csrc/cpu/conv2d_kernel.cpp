@@ -328,12 +328,12 @@ void build_merged_rows(const Conv2dShape& s, const T* xp, const T* zrow, T* op, 
 }
 
 // ---------------------------------------------------------------------------
-// Winograd F(2x2, 3x3) (WinoArgs in ukernel/api.h): per block of output
-// tiles, the input transform into V (16 x tiles x C), then per column panel
-// the 16 GEMMs V[e] x U[e] into M (16 x tiles x nr) with the igemm
-// microkernel, then the output transform with the fused epilogue. V and one
-// panel of M stay in L2; U (16 x C x K, 16/9 of the weight) goes through the
-// weight cache.
+// Winograd F(2x2, 3x3) or F(4x4, 3x3) (WinoArgs in ukernel/api.h; tile
+// from winograd_tile): per block of output tiles, the input transform into
+// V (E x tiles x C, E = 16 or 36), then per column panel the E GEMMs
+// V[e] x U[e] into M (E x tiles x nr) with the igemm microkernel, then the
+// output transform with the fused epilogue. V and one panel of M stay in L2;
+// U (E x C x K) goes through the weight cache.
 //
 // `s` is the conv computed: the forward's, or grad_input's transposed one
 // (see grad_input_typed); tap(ws, k, c, t) reads its weight for output
@@ -347,34 +347,39 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
   const IsaKernels& isa = isa_kernels();
   const int lanes = isa.lanes<T>();
   const int64_t C = s.C, K = s.K;
+  const int tile = int(winograd_tile(s.C, s.P, s.Q)), A = tile + 2, E = A * A;
   const int nv = choose_nv(K, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(K, nr), kpad = npanels * nr;
   const ReductionBlocking rb = reduction_blocking(1, C, nr, sizeof(T));
   const bool ci4 = isa.ci4<T>(nv, C, rb.k);
   const int64_t panel_stride = C * nr, estride = npanels * panel_stride;
 
-  // U[e][panel][c][nr] = (G g G^T)[e] of weight (k, c), computed in double;
-  // G's rows are (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1).
-  const auto u_cached = packed_weight<T>(weight, {kind, C, K, nr, ci4}, [&] {
+  // U[e][panel][c][nr] = (G g G^T)[e] of weight (k, c), computed in double.
+  static constexpr double kG2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  // F(4x4)'s points 0, 1, -1, 1/2, -2 (see wino_in_1d): row j is (1, a, a^2) / prod_{l != j} (a - a_l).
+  static constexpr double kG4[6][3] = {{1, 0, 0},
+                                       {1.0 / 3, 1.0 / 3, 1.0 / 3},
+                                       {-1.0 / 3, 1.0 / 3, -1.0 / 3},
+                                       {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                                       {1.0 / 15, -2.0 / 15, 4.0 / 15},
+                                       {0, 0, 1}};
+  const auto u_cached = packed_weight<T>(weight, {kind, C, K, nr, ci4, tile}, [&] {
     const at::Tensor wc = contiguous_as<T>(weight);
     const T* ws = wc.data_ptr<T>();
-    std::vector<T> u(16 * estride, T(0));
+    std::vector<T> u(E * estride, T(0));
     at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k)
         for (int64_t c = 0; c < C; ++c) {
-          // G (a0, a1, a2): G's rows applied to one column (then one row) of g.
-          const auto g_1d = [](double a0, double a1, double a2, double* out, int step) {
-            out[0] = a0;
-            out[step] = 0.5 * (a0 + a1 + a2);
-            out[2 * step] = 0.5 * (a0 - a1 + a2);
-            out[3 * step] = a2;
-          };
-          double gg[4][3], u4[4][4];
-          for (int j = 0; j < 3; ++j) g_1d(tap(ws, k, c, j), tap(ws, k, c, 3 + j), tap(ws, k, c, 6 + j), &gg[0][j], 3);
-          for (int r = 0; r < 4; ++r) g_1d(gg[r][0], gg[r][1], gg[r][2], u4[r], 1);
+          const auto G = [&](int r, int j) { return tile == 4 ? kG4[r][j] : kG2[r][j]; };
+          double gg[6][3], ua[6][6];  // G g, then (G g) G^T
+          for (int r = 0; r < A; ++r)
+            for (int j = 0; j < 3; ++j)
+              gg[r][j] = G(r, 0) * tap(ws, k, c, j) + G(r, 1) * tap(ws, k, c, 3 + j) + G(r, 2) * tap(ws, k, c, 6 + j);
+          for (int r = 0; r < A; ++r)
+            for (int q = 0; q < A; ++q) ua[r][q] = gg[r][0] * G(q, 0) + gg[r][1] * G(q, 1) + gg[r][2] * G(q, 2);
           const int64_t p = k / nr, j = k % nr;
-          for (int el = 0; el < 16; ++el)
-            u[el * estride + p * panel_stride + b_offset(c, j, nr, ci4)] = T(u4[el / 4][el % 4]);
+          for (int el = 0; el < E; ++el)
+            u[el * estride + p * panel_stride + b_offset(c, j, nr, ci4)] = T(ua[el / A][el % A]);
         }
     });
     return u;
@@ -386,11 +391,11 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
   const int64_t ldv = ceil_div(C, lanes) * lanes;
   const std::vector<T> zeros(ldv, T(0));
 
-  const int64_t TH = ceil_div(s.P, 2), TW = ceil_div(s.Q, 2), ntiles = s.N * TH * TW;
+  const int64_t TH = ceil_div(s.P, tile), TW = ceil_div(s.Q, tile), ntiles = s.N * TH * TW;
   const int mr = isa.mr(nv);
   // Tiles per block: V and one panel of M within ~192 KB each (rows_per_tile's budget).
   const int64_t tb = std::min<int64_t>(kWinoMaxTiles / mr * mr,
-                                       rows_per_tile(ntiles, 16 * std::max<int64_t>(ldv, nr), sizeof(T), mr));
+                                       rows_per_tile(ntiles, E * std::max<int64_t>(ldv, nr), sizeof(T), mr));
   const int64_t blocks = ceil_div(ntiles, tb);
   int64_t unused, psplit;
   split_columns(blocks, 1, npanels, unused, psplit);
@@ -412,6 +417,7 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
   gemm.ldc = nr;
 
   WinoArgs<T> wa;
+  wa.tile = tile;
   wa.TH = TH;
   wa.TW = TW;
   wa.x = xp;
@@ -438,10 +444,10 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
   at::parallel_for(0, blocks * psplit, 1, [&](int64_t begin, int64_t end) {
     // 64-byte aligned scratch, kept per thread: V and one panel of M.
     thread_local std::vector<char> scratch;
-    const size_t need = (16 * (v_stride + m_stride)) * sizeof(T) + 64;
+    const size_t need = (E * (v_stride + m_stride)) * sizeof(T) + 64;
     if (scratch.size() < need) scratch.resize(need);
     T* v = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
-    T* m = v + 16 * v_stride;
+    T* m = v + E * v_stride;
     int64_t transformed = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t blk = item / psplit, ps = item % psplit;
@@ -462,7 +468,7 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
         g.p_begin = p;
         g.p_end = p + 1;
         g.c_off = -p * nr;
-        for (int el = 0; el < 16; ++el) {
+        for (int el = 0; el < E; ++el) {
           g.a_dense = v + el * v_stride;
           g.b = u.data() + el * estride;
           g.c_dense = m + el * m_stride;
@@ -492,6 +498,7 @@ void with_channel_rows(at::Tensor& out, const Run& run) {
 }
 
 std::atomic<bool> g_winograd{switch_on("EFFCONV_CPU_WINOGRAD")};
+std::atomic<bool> g_winograd_f4{switch_on("EFFCONV_CPU_WINOGRAD_F4")};
 
 // Whether conv `s` (the one computed: for grad_input the transposed conv)
 // runs as Winograd. Every tile block streams all of U (16 x C x K, 16/9 of
@@ -1110,6 +1117,16 @@ bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64
 }
 
 bool set_winograd(bool on) { return g_winograd.exchange(on); }
+
+int64_t winograd_tile(int64_t C, int64_t P, int64_t Q) {
+  // GEMM work of each over the whole output, tiles past its edges included:
+  // 36 elements per 4x4 tile against 16 per 2x2 tile. The margin keeps
+  // F(2x2) where F(4x4)'s larger transforms and weight would eat the gain.
+  const int64_t f4 = 36 * ceil_div(P, 4) * ceil_div(Q, 4), f2 = 16 * ceil_div(P, 2) * ceil_div(Q, 2);
+  return g_winograd_f4.load(std::memory_order_relaxed) && C <= kWinogradF4MaxIn && 5 * f4 <= 4 * f2 ? 4 : 2;
+}
+
+bool set_winograd_f4(bool on) { return g_winograd_f4.exchange(on); }
 bool set_gconv_rows(bool on) { return g_gconv_rows.exchange(on); }
 
 std::vector<bool> gconv_rows_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,

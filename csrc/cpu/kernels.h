@@ -16,14 +16,15 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                     int64_t activation, at::Tensor& out, const c10::optional<at::Tensor>& stats = c10::nullopt);
 
-// Whether the forward of a conv of this shape runs as Winograd F(2x2, 3x3)
-// (conv2d_kernel.cpp; NCHW outputs through a channels_last copy; grad_input
-// does when the transposed shape K -> C qualifies and padding <= 2): 3x3, stride 1,
-// dilation 1, one group, at least kWinogradMinIn input and kWinogradMinOut
-// output channels (below them the transforms cost more than the 2.25x fewer
-// multiply-adds save: 16->16 ran 0.8x, 32->16 and 16->32 1.06-1.09x of the
-// direct kernel on Zen 5). EFFCONV_CPU_WINOGRAD=0 or set_winograd(false)
-// turns it off (set_winograd returns the previous setting).
+// Whether the forward of a conv of this shape runs as Winograd (F(2x2, 3x3)
+// or F(4x4, 3x3), see winograd_tile; conv2d_kernel.cpp; NCHW outputs through
+// a channels_last copy; grad_input does when the transposed shape K -> C
+// qualifies and padding <= 2): 3x3, stride 1, dilation 1, one group, at
+// least kWinogradMinIn input and kWinogradMinOut output channels (below them
+// F(2x2)'s transforms cost more than its 2.25x fewer multiply-adds save:
+// 16->16 ran 0.8x, 32->16 and 16->32 1.06-1.09x of the direct kernel on
+// Zen 5). EFFCONV_CPU_WINOGRAD=0 or set_winograd(false) turns it off
+// (set_winograd returns the previous setting).
 // A call also needs at least C * K / kWinogradWeightPerTile 2x2 output
 // tiles (see use_winograd in conv2d_kernel.cpp).
 constexpr int64_t kWinogradMinIn = 16, kWinogradMinOut = 32, kWinogradWeightPerTile = 4096;
@@ -35,6 +36,18 @@ bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64
                                int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups);
 bool set_winograd(bool on);
 bool winograd_enabled();
+// The output tile edge M of a Winograd conv with C input channels and a
+// P x Q output: 4, F(4x4, 3x3) at 2.25 multiply-adds per output pixel and
+// channel pair, when C <= kWinogradF4MaxIn and its GEMMs do at most 0.8x
+// F(2x2, 3x3)'s work over that output (tiles hanging past the edges
+// included), else 2. F(4x4)'s fp32 error grows with C: its worst element
+// used 0.68 of the tolerance table's allowance at 256 channels, 0.95 at 512
+// and 1.23 at 1024 (F(2x2): 0.11-0.18, oneDNN's direct conv 0.2-0.36).
+// EFFCONV_CPU_WINOGRAD_F4=0 or set_winograd_f4(false) keeps F(2x2)
+// everywhere (returns the previous setting).
+constexpr int64_t kWinogradF4MaxIn = 256;
+int64_t winograd_tile(int64_t C, int64_t P, int64_t Q);
+bool set_winograd_f4(bool on);
 // Grouped convs with cg == kg run on the sliding-window row kernel
 // (GConvRowArgs) when it applies; EFFCONV_CPU_GCONV_ROWS=0 or
 // set_gconv_rows(false) sends them to the indirect kernels (tests compare

@@ -357,27 +357,30 @@ struct DeformColArgs {
   T* grad_mask = nullptr;    // mask's layout (null: not wanted or no mask)
 };
 
-// Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
-// Neural Networks", 2016) for 3x3 stride-1 convs. Output tile (n, ti, tj) is
-// the 2x2 block of pixels (2ti + a, 2tj + b); with d_c its 4x4 input patch
-// of channel c (rows 2ti - pad_h .., columns 2tj - pad_w .., zero outside):
+// Winograd F(MxM, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
+// Neural Networks", 2016) for 3x3 stride-1 convs, M = 2 or 4 (WinoArgs::tile).
+// Output tile (n, ti, tj) is the MxM block of pixels (M ti + a, M tj + b);
+// with d_c its (M+2)x(M+2) input patch of channel c (rows M ti - pad_h ..,
+// columns M tj - pad_w .., zero outside):
 //
 //   Y = A^T [ sum_c U_c (*) (B^T d_c B) ] A,   U_c = G g_c G^T   ((*): elementwise)
 //
-// so the 16 elements e = 4 * row + col of the transformed tile are 16
-// independent GEMMs (tiles x C times C x K) at 4 multiply-adds per output
-// pixel and channel pair instead of 9. These kernels are the transforms
-// around those GEMMs, over a block of nt consecutive tiles of the
-// N x TH x TW tile grid starting at t0:
+// so the E = (M+2)^2 elements e = (M+2) * row + col of the transformed tile
+// are E independent GEMMs (tiles x C times C x K): 16 per 2x2 tile (4
+// multiply-adds per output pixel and channel pair instead of 9) or 36 per
+// 4x4 tile (2.25). These kernels are the transforms around those GEMMs, over
+// a block of nt consecutive tiles of the N x TH x TW tile grid starting at t0:
 //   wino_input:  V[e][i][c] = (B^T d B)[e] of tile t0 + i, channel c
 //   wino_output: out pixels of tile t0 + i, channels [col0, col_end)
 //                = epilogue((A^T M A)) with M[e][i][j] the GEMMs' results
-// The coefficients are 0, +-1 and +-1/2 (the 1/2 folded into U), so fp32
-// rounding stays within a small factor of direct summation's.
+// F(2x2)'s coefficients are 0, +-1 and +-1/2 (the 1/2 folded into U), so
+// fp32 rounding stays within a small factor of direct summation's; F(4x4)'s
+// reach 8 in A and 1/24 in G (points 0, +-1, +-2), several times that.
 constexpr int64_t kWinoMaxTiles = 96;  // tiles per block (the kernels' stack arrays)
 
 template <typename T>
 struct WinoArgs {
+  int tile = 2;             // output tile edge M: F(MxM, 3x3) on (M + 2)^2 patches, M = 2 or 4
   int64_t t0 = 0, nt = 0;   // nt <= kWinoMaxTiles
   int64_t TH = 0, TW = 0;   // tile grid per image
   // input transform: x channels_last, dense: pixel (n, h, w) at x + ((n * H + h) * W + w) * C
