@@ -100,9 +100,10 @@ CASES = [
     Case("winograd_3x3", 2, 16, 9, 11, 40, 3, 3, padding=1),
     Case("winograd_p0_tails_nobias", 3, 36, 8, 7, 33, 3, 3, bias=False),
     Case("winograd_p20", 1, 40, 6, 10, 64, 3, 3, padding=(2, 0)),
-    # F(4x4, 3x3) where the output is large enough: a 13x10 output leaves
-    # one row and two columns of its last tiles inside.
-    Case("winograd_f4_tails", 1, 24, 13, 10, 40, 3, 3, padding=1),
+    # F(4x4, 3x3) where the output is large enough: a 41x14 output leaves
+    # one row and two columns of its last tiles inside (9x11: one row, three
+    # columns).
+    Case("winograd_f4_tails", 1, 24, 41, 14, 40, 3, 3, padding=1),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

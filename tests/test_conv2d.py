@@ -296,6 +296,6 @@ def test_other_isa_builds(other_isa, case, gen):
 
 @pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("winograd_p0_tails_nobias", "winograd_f4_tails")])
 def test_other_isa_winograd(other_isa, case, gen):
-    """F(2x2) (a 6x5 output) and F(4x4) (13x10) on the other ISA builds."""
+    """F(2x2) (a 6x5 output) and F(4x4) (41x14) on the other ISA builds."""
     for dtype in (torch.float32, torch.float64):
         run_case(case, dtype, "channels_last", gen=gen, activation="relu6", epilogue=True, dy_like_output=True)

@@ -38,7 +38,7 @@ bool set_winograd(bool on);
 bool winograd_enabled();
 // The output tile edge M of a Winograd conv with C input channels and a
 // P x Q output: 4, F(4x4, 3x3) at 2.25 multiply-adds per output pixel and
-// channel pair, when C <= kWinogradF4MaxIn and its GEMMs do at most 0.8x
+// channel pair, when C <= kWinogradF4MaxIn and its GEMMs do at most 0.7x
 // F(2x2, 3x3)'s work over that output (tiles hanging past the edges
 // included), else 2. F(4x4)'s fp32 error grows with C: its worst element
 // used 0.68 of the tolerance table's allowance at 256 channels, 0.95 at 512
