@@ -209,26 +209,22 @@ def conv2d_planned(site, input, weight, stride: tuple, padding: tuple, dilation:
     network's layers repeat one call, and the plan lookup (a key over five
     tensors' metadata) cost as much as a small layer's kernel. The memo is
     keyed on what the plan reads besides those tensors, and is used only
-    where calling the op's implementation directly is exact."""
+    where calling the op's implementation directly is exact and explain()
+    is not recording."""
+    if not _direct_call_ok(input, weight, scale, shift) or _backends.recording_active():
+        return conv2d_normalized(input, weight, None, list(stride), list(padding), list(dilation), groups, scale,
+                                 shift, activation)
     key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), stride, padding,
            dilation, groups, activation, _backends.requested_backend(), _backends.triton_interpreting())
     memo = site.call
-    if memo is not None and memo[0] == key and _direct_call_ok(input, weight, scale, shift):
-        size, memory_format, pool, run, act = memo[1]
-        out = _common.new_output(size, input, memory_format, pool=pool)
-        run(input, weight, None, scale, shift, memo[2], memo[3], memo[4], groups, act, out)
-        return out
-    stride_, padding_, dilation_ = list(stride), list(padding), list(dilation)
-    if not _direct_call_ok(input, weight, scale, shift) or _backends.recording_active():
-        return conv2d_normalized(input, weight, None, stride_, padding_, dilation_, groups, scale, shift, activation)
-    fam = (_depthwise_op if conv2d_route(input.shape[1], weight.shape, groups) == "depthwise_conv2d"
-           else _conv2d_op).FAMILY
-    plan = fam.plan(input, weight, None, stride_, padding_, dilation_, groups, scale, shift, activation)
-    site.call = (key, plan, stride_, padding_, dilation_)
-    size, memory_format, pool, run, act = plan
-    out = _common.new_output(size, input, memory_format, pool=pool)
-    run(input, weight, None, scale, shift, stride_, padding_, dilation_, groups, act, out)
-    return out
+    if memo is None or memo[0] != key:
+        stride_, padding_, dilation_ = list(stride), list(padding), list(dilation)
+        fam = (_depthwise_op if conv2d_route(input.shape[1], weight.shape, groups) == "depthwise_conv2d"
+               else _conv2d_op).FAMILY
+        plan = fam.plan(input, weight, None, stride_, padding_, dilation_, groups, scale, shift, activation)
+        memo = site.call = (key, fam, plan, stride_, padding_, dilation_)
+    _, fam, plan, stride_, padding_, dilation_ = memo
+    return fam.run_plan(plan, input, weight, None, stride_, padding_, dilation_, groups, scale, shift)
 
 
 def _depthwise(input, weight, bias, stride, padding, dilation, scale, shift, act):

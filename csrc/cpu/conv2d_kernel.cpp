@@ -363,6 +363,7 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
                                        {-16.0 / 15, -8.0 / 15, -4.0 / 15},
                                        {1.0 / 15, -2.0 / 15, 4.0 / 15},
                                        {0, 0, 1}};
+  const double(*G)[3] = tile == 4 ? kG4 : kG2;
   const auto u_cached = packed_weight<T>(weight, {kind, C, K, nr, ci4, tile}, [&] {
     const at::Tensor wc = contiguous_as<T>(weight);
     const T* ws = wc.data_ptr<T>();
@@ -370,13 +371,12 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
     at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k)
         for (int64_t c = 0; c < C; ++c) {
-          const auto G = [&](int r, int j) { return tile == 4 ? kG4[r][j] : kG2[r][j]; };
           double gg[6][3], ua[6][6];  // G g, then (G g) G^T
           for (int r = 0; r < A; ++r)
             for (int j = 0; j < 3; ++j)
-              gg[r][j] = G(r, 0) * tap(ws, k, c, j) + G(r, 1) * tap(ws, k, c, 3 + j) + G(r, 2) * tap(ws, k, c, 6 + j);
+              gg[r][j] = G[r][0] * tap(ws, k, c, j) + G[r][1] * tap(ws, k, c, 3 + j) + G[r][2] * tap(ws, k, c, 6 + j);
           for (int r = 0; r < A; ++r)
-            for (int q = 0; q < A; ++q) ua[r][q] = gg[r][0] * G(q, 0) + gg[r][1] * G(q, 1) + gg[r][2] * G(q, 2);
+            for (int q = 0; q < A; ++q) ua[r][q] = gg[r][0] * G[q][0] + gg[r][1] * G[q][1] + gg[r][2] * G[q][2];
           const int64_t p = k / nr, j = k % nr;
           for (int el = 0; el < E; ++el)
             u[el * estride + p * panel_stride + b_offset(c, j, nr, ci4)] = T(ua[el / A][el % A]);
@@ -501,9 +501,9 @@ std::atomic<bool> g_winograd{switch_on("EFFCONV_CPU_WINOGRAD")};
 std::atomic<bool> g_winograd_f4{switch_on("EFFCONV_CPU_WINOGRAD_F4")};
 
 // Whether conv `s` (the one computed: for grad_input the transposed conv)
-// runs as Winograd. Every tile block streams all of U (16 x C x K, 16/9 of
-// the weight) past its tiles, so few tiles per weight byte lose to the
-// direct kernel: N1 512->512 7² (16 tiles) ran 0.94x of it, N4 1024->1024 7²
+// runs as Winograd. Every tile block streams all of U (16 or 36 x C x K:
+// 16/9 or 4x the weight) past its tiles, so few tiles per weight byte lose
+// to the direct kernel (measured with F(2x2)): N1 512->512 7² (16 tiles) ran 0.94x of it, N4 1024->1024 7²
 // 0.65x, while N1 256->256 14² (49 tiles) ran 1.6x.
 bool use_winograd(const Conv2dShape& s) {
   return g_winograd.load(std::memory_order_relaxed) &&

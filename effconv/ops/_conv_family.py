@@ -202,12 +202,17 @@ class ConvFamily:
                 c.remember(self._plans, key, plan)
         return plan
 
-    def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
-        size, memory_format, pool, run, act = self.plan(input, weight, bias, stride, padding, dilation, groups,
-                                                        scale, shift, activation)
+    @staticmethod
+    def run_plan(plan, input, weight, bias, stride, padding, dilation, groups, scale, shift):
+        """A forward call on its plan (see plan()): the output, written by the routed kernel."""
+        size, memory_format, pool, run, act = plan
         out = c.new_output(size, input, memory_format, pool=pool)
         run(input, weight, bias, scale, shift, stride, padding, dilation, groups, act, out)
         return out
+
+    def forward(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
+        plan = self.plan(input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)
+        return self.run_plan(plan, input, weight, bias, stride, padding, dilation, groups, scale, shift)
 
     def forward_fake(self, input, weight, bias, stride, padding, dilation, groups, scale, shift, activation):
         p, q = self.check_forward(input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)

@@ -375,7 +375,8 @@ struct DeformColArgs {
 //                = epilogue((A^T M A)) with M[e][i][j] the GEMMs' results
 // F(2x2)'s coefficients are 0, +-1 and +-1/2 (the 1/2 folded into U), so
 // fp32 rounding stays within a small factor of direct summation's; F(4x4)'s
-// reach 8 in A and 1/24 in G (points 0, +-1, +-2), several times that.
+// (points 0, 1, -1, 1/2, -2: up to 8 in A, 5/2 in B) give several times
+// that, growing with C (see winograd_tile in kernels.h).
 constexpr int64_t kWinoMaxTiles = 96;  // tiles per block (the kernels' stack arrays)
 
 template <typename T>
