@@ -54,9 +54,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Let the CPU Winograd path use F(4x4, 3x3) where it pays (on by default), or keep F(2x2, 3x3); returns "
         "the previous setting.");
   m.def("cpu_winograd_tile", &effconv::cpu::winograd_tile,
-        "The output tile edge (2 or 4) the CPU Winograd path uses for a conv with C input channels and a P x Q "
-        "output (C, P, Q).");
+        "The output tile edge (2 or 4) the CPU Winograd path uses for a conv with C input channels and N "
+        "images of P x Q outputs (C, N, P, Q).");
   m.attr("cpu_winograd_f4_max_in") = effconv::cpu::kWinogradF4MaxIn;
+  m.attr("cpu_winograd_f4_min_tiles") = effconv::cpu::kWinogradF4MinTiles;
   m.def("set_cpu_gconv_rows", &effconv::cpu::set_gconv_rows,
         "Turn the CPU conv2d's sliding-window grouped kernel (cg == kg, 3-wide) on or off; returns the previous "
         "setting.");

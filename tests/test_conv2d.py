@@ -178,8 +178,20 @@ def test_winograd_matches_direct(case, tile, layout, gen):
     pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
     grad_input = C.cpu_winograd_grad_input_shape(case.C, case.K, case.R, case.S, 1, 1, *pad, 1, 1, case.groups)
     with winograd_tiles(tile):
-        assert C.cpu_winograd_tile(case.C, case.H + 2 * pad[0] - 2, case.W + 2 * pad[1] - 2) == tile
+        assert C.cpu_winograd_tile(case.C, case.N, case.H + 2 * pad[0] - 2, case.W + 2 * pad[1] - 2) == tile
         check_path_against_fallback(case, layout, gen, C.set_cpu_winograd, grad_input, "Winograd", 8)
+
+
+def test_winograd_tile_rule():
+    """F(4x4) where its tiles do <= 0.7x F(2x2)'s work; at <= 0.8x (13x13,
+    14x14) only with enough tiles in the batch; never past its channel limit."""
+    C = _ext.C()
+    with winograd_tiles(4):
+        assert [C.cpu_winograd_tile(64, 1, h, h) for h in (7, 13, 14, 27, 56)] == [4, 2, 2, 4, 4]
+        assert [C.cpu_winograd_tile(64, 2, h, h) for h in (13, 14)] == [4, 4]
+        assert C.cpu_winograd_tile(C.cpu_winograd_f4_max_in + 1, 16, 56, 56) == 2
+    with winograd_tiles(2):
+        assert C.cpu_winograd_tile(64, 16, 56, 56) == 2
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
@@ -209,7 +221,7 @@ def test_winograd_statistics_and_concat_outputs(tile, gen):
     """Winograd epilogue variants beyond the grid: batch statistics for
     training-mode BatchNorm (conv-BN op) and an output that is a channel
     range of a wider concatenation (conv2d_cat)."""
-    assert _ext.C().cpu_winograd_tile(16, 7, 9) == 4  # the 7x9 output takes F(4x4) unless told not to
+    assert _ext.C().cpu_winograd_tile(16, 2, 7, 9) == 4  # the 7x9 outputs take F(4x4) unless told not to
     with winograd_tiles(tile):
         _winograd_statistics_and_concat_outputs(gen)
 

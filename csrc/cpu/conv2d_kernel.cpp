@@ -347,7 +347,7 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
   const IsaKernels& isa = isa_kernels();
   const int lanes = isa.lanes<T>();
   const int64_t C = s.C, K = s.K;
-  const int tile = int(winograd_tile(s.C, s.P, s.Q)), A = tile + 2, E = A * A;
+  const int tile = int(winograd_tile(s.C, s.N, s.P, s.Q)), A = tile + 2, E = A * A;
   const int nv = choose_nv(K, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(K, nr), kpad = npanels * nr;
   const ReductionBlocking rb = reduction_blocking(1, C, nr, sizeof(T));
@@ -1118,14 +1118,16 @@ bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64
 
 bool set_winograd(bool on) { return g_winograd.exchange(on); }
 
-int64_t winograd_tile(int64_t C, int64_t P, int64_t Q) {
+int64_t winograd_tile(int64_t C, int64_t N, int64_t P, int64_t Q) {
   // GEMM work of each over the whole output, tiles past its edges included:
-  // 36 elements per 4x4 tile against 16 per 2x2 tile. The margin keeps
-  // F(2x2) where F(4x4)'s larger transforms and weight eat the gain: 13x13
-  // outputs (0.73) ran ~5% slower as F(4x4) in SqueezeNet at batch 1;
-  // 27x27 and 55x55 (0.56) ran 1.2-1.5x faster.
-  const int64_t f4 = 36 * ceil_div(P, 4) * ceil_div(Q, 4), f2 = 16 * ceil_div(P, 2) * ceil_div(Q, 2);
-  return g_winograd_f4.load(std::memory_order_relaxed) && C <= kWinogradF4MaxIn && 10 * f4 <= 7 * f2 ? 4 : 2;
+  // 36 elements per 4x4 tile against 16 per 2x2 tile. F(4x4) where it does
+  // <= 0.7x F(2x2)'s work (27x27 and 55x55 outputs, 0.56: 1.2-1.5x faster),
+  // or <= 0.8x with at least kWinogradF4MinTiles tiles in the batch: 13x13
+  // and 14x14 outputs (0.73) ran 0-7% slower as F(4x4) at batch 1 (16
+  // tiles; ~5% slower in SqueezeNet) and 1.1-1.27x faster from batch 2 on.
+  const int64_t t4 = ceil_div(P, 4) * ceil_div(Q, 4), f4 = 36 * t4, f2 = 16 * ceil_div(P, 2) * ceil_div(Q, 2);
+  const bool pays = 10 * f4 <= 7 * f2 || (10 * f4 <= 8 * f2 && N * t4 >= kWinogradF4MinTiles);
+  return g_winograd_f4.load(std::memory_order_relaxed) && C <= kWinogradF4MaxIn && pays ? 4 : 2;
 }
 
 bool set_winograd_f4(bool on) { return g_winograd_f4.exchange(on); }

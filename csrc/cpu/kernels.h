@@ -36,17 +36,19 @@ bool winograd_grad_input_shape(int64_t C, int64_t K, int64_t R, int64_t S, int64
                                int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups);
 bool set_winograd(bool on);
 bool winograd_enabled();
-// The output tile edge M of a Winograd conv with C input channels and a
-// P x Q output: 4, F(4x4, 3x3) at 2.25 multiply-adds per output pixel and
-// channel pair, when C <= kWinogradF4MaxIn and its GEMMs do at most 0.7x
-// F(2x2, 3x3)'s work over that output (tiles hanging past the edges
-// included), else 2. F(4x4)'s fp32 error grows with C: its worst element
+// The output tile edge M of a Winograd conv with C input channels and N
+// images of P x Q outputs: 4, F(4x4, 3x3) at 2.25 multiply-adds per output
+// pixel and channel pair, when C <= kWinogradF4MaxIn and its GEMMs do at
+// most 0.7x F(2x2, 3x3)'s work over that output (tiles hanging past the
+// edges included), or at most 0.8x with at least kWinogradF4MinTiles 4x4
+// tiles in the batch; else 2. F(4x4)'s fp32 error grows with C: its worst element
 // used 0.68 of the tolerance table's allowance at 256 channels, 0.95 at 512
 // and 1.23 at 1024 (F(2x2): 0.11-0.18, oneDNN's direct conv 0.2-0.36).
 // EFFCONV_CPU_WINOGRAD_F4=0 or set_winograd_f4(false) keeps F(2x2)
 // everywhere (returns the previous setting).
 constexpr int64_t kWinogradF4MaxIn = 256;
-int64_t winograd_tile(int64_t C, int64_t P, int64_t Q);
+constexpr int64_t kWinogradF4MinTiles = 32;
+int64_t winograd_tile(int64_t C, int64_t N, int64_t P, int64_t Q);
 bool set_winograd_f4(bool on);
 // Grouped convs with cg == kg run on the sliding-window row kernel
 // (GConvRowArgs) when it applies; EFFCONV_CPU_GCONV_ROWS=0 or

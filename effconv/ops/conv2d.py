@@ -74,7 +74,8 @@ def kernel_name(weight_size, stride, padding, dilation, groups) -> str:
             if passes:
                 kind += (f"; C++: Winograd {' and '.join(passes)} with >= "
                          f"{c * k // _c().cpu_winograd_weight_per_tile} 2x2 output tiles (F(4x4,3x3) where its tiles do <= "
-                         f"0.7x F(2x2,3x3)'s work and the computed conv has <= {_c().cpu_winograd_f4_max_in} "
+                         f"0.7x F(2x2,3x3)'s work, or <= 0.8x with >= {_c().cpu_winograd_f4_min_tiles} 4x4 tiles in the batch, "
+                         f"and the computed conv has <= {_c().cpu_winograd_f4_max_in} "
                          f"input channels, else F(2x2,3x3))")
         if _ext.available() and groups > 1:
             ok = _c().cpu_gconv_rows_shape(c, k, r, s, *stride, *padding, *dilation, groups, 4)
