@@ -20,6 +20,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_forward_cpu", &effconv::cpu::conv2d_forward, py::arg("input"), py::arg("weight"), py::arg("bias"),
         py::arg("scale"), py::arg("shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
         py::arg("groups"), py::arg("activation"), py::arg("out"), py::arg("stats") = py::none(), nogil);
+  m.def("conv2d_max_pool2d_forward_cpu", &effconv::cpu::conv2d_max_pool2d_forward, nogil);
   m.def("conv2d_grad_input_cpu", &effconv::cpu::conv2d_grad_input, nogil);
   m.def("conv2d_grad_weight_cpu", &effconv::cpu::conv2d_grad_weight, nogil);
   m.def("depthwise_conv2d_forward_cpu", &effconv::cpu::depthwise_conv2d_forward, py::arg("input"),

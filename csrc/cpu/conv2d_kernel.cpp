@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,64 @@ void for_each_tile(int64_t tiles, int64_t max_rows, int64_t max_taps, int64_t sp
         built = tile;
       }
       compute(tile, item % splits, rows, a.data(), c.data());
+    }
+  });
+}
+
+// A conv's output rows pooled band by band (conv2d_max_pool2d_forward): each
+// work item is a band of pool output rows of one image; its thread computes
+// the conv rows under the band into a buffer (`build` and `compute` as in
+// for_each_tile, on pixel ranges; compute writes where `c` points) and pools
+// them into `y` while they are in L2, so the conv's output never reaches
+// memory. Consecutive bands on one thread carry their shared rows over
+// instead of recomputing them.
+template <typename T, typename Build, typename Compute>
+void pooled_rows(const Conv2dShape& s, const Pool2dShape& ps, int64_t max_rows, int64_t max_taps, int64_t splits,
+                 const Build& build, const Compute& compute, T* y) {
+  const IsaKernels& isa = isa_kernels();
+  const int64_t row_elems = s.Q * s.K, PQ = s.P * s.Q;
+  // Bands of ~256 KiB of conv rows (half of the smallest L2 we target), cut
+  // further so every thread gets several bands at batch 1.
+  const int64_t fit = std::max<int64_t>(1, ((256 << 10) / int64_t(sizeof(T)) / row_elems - ps.kh * ps.dh) / ps.sh + 1);
+  const int64_t spread = ceil_div(s.N * ps.P, 4 * int64_t(at::get_num_threads()));
+  const int64_t band = std::max<int64_t>(1, std::min({fit, spread, ps.P}));
+  const int64_t bands = ceil_div(ps.P, band);
+  const int64_t span = std::min(s.P, (band - 1) * ps.sh + (ps.kh - 1) * ps.dh + 1);
+  at::parallel_for(0, s.N * bands, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<T> buf;
+    if (buf.size() < size_t(span * row_elems)) buf.resize(span * row_elems);
+    std::vector<const T*> a(max_rows * std::max<int64_t>(max_taps, 1));
+    std::vector<T*> c(max_rows);
+    int64_t img = -1, lo_prev = 0, hi_prev = 0;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / bands, r0 = item % bands * band, r1 = std::min(ps.P, r0 + band);
+      // Conv rows [lo, hi) under pool rows [r0, r1), at buf[(row - lo) * row_elems].
+      const int64_t lo = std::max<int64_t>(0, r0 * ps.sh - ps.ph);
+      const int64_t hi = std::min(s.P, (r1 - 1) * ps.sh - ps.ph + (ps.kh - 1) * ps.dh + 1);
+      int64_t from = lo;
+      if (n == img && hi_prev > lo) {
+        std::memmove(buf.data(), buf.data() + (lo - lo_prev) * row_elems, (hi_prev - lo) * row_elems * sizeof(T));
+        from = hi_prev;
+      }
+      const int64_t base = n * PQ + lo * s.Q, m_end = n * PQ + hi * s.Q;
+      for (int64_t m0 = n * PQ + from * s.Q; m0 < m_end; m0 += max_rows) {
+        const int64_t rows = std::min(max_rows, m_end - m0);
+        build(m0, rows, a.data(), c.data());
+        for (int64_t i = 0; i < rows; ++i) c[i] = buf.data() + (m0 + i - base) * s.K;
+        for (int64_t split = 0; split < splits; ++split) compute(m0, split, rows, a.data(), c.data());
+      }
+      img = n, lo_prev = lo, hi_prev = hi;
+      // The band as a whole input: rows [lo, hi), padded on top only in the first band.
+      MaxPoolArgs<T> pa;
+      pa.cs = s.K;
+      pa.s = ps;
+      pa.s.H = hi - lo;
+      pa.s.P = r1 - r0;
+      pa.s.ph = ps.ph + lo - r0 * ps.sh;
+      pa.x = buf.data();
+      pa.y = y + (n * ps.P + r0) * ps.Q * s.K;
+      pa.p0 = 0, pa.p1 = r1 - r0;
+      isa.maxpool(pa);
     }
   });
 }
@@ -512,11 +571,13 @@ bool use_winograd(const Conv2dShape& s) {
 }
 
 // ---------------------------------------------------------------------------
+// The forward into `out`; with `pool`, max_pool2d of the forward into `out`
+// (conv2d_max_pool2d_forward: the generic path only, no statistics).
 template <typename T>
 void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                    const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
-                   const c10::optional<at::Tensor>& stats) {
+                   const c10::optional<at::Tensor>& stats, const Pool2dShape* pool = nullptr) {
   const IsaKernels& isa = isa_kernels();
   const int lanes = isa.lanes<T>();
   const int64_t RS = s.taps(), M = s.N * s.P * s.Q;
@@ -529,6 +590,8 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
     build_forward_rows<T>(s, xp, op, ostride, zeros.data(), m0, rows, a, c);
   };
 
+  TORCH_INTERNAL_ASSERT(!pool || (!stats && !use_winograd(s) && !use_gconv(s.groups, s.cin_per_group(),
+                                                                          s.cout_per_group(), lanes)));
   if (use_winograd(s)) {
     const int64_t C = s.C;
     with_channel_rows<T>(out, [&](T* o, const int64_t* os) {
@@ -647,7 +710,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
   int64_t gsplit, psplit;
   split_columns(tiles, G, npanels, gsplit, psplit);
   const int64_t ldc = ostride[3];
-  const bool dense = plain_gemm(s, ostride, s.K);
+  const bool dense = !pool && plain_gemm(s, ostride, s.K);
   IGemmArgs<T> args;
   args.stream = dense && stream_rows(op, out.numel(), ldc, nr);
   args.ntaps = ntaps;
@@ -663,26 +726,23 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
   // per-tap check cost 5-12% on 16-channel groups (ResNeXt 512 14², 1024 7²).
   args.zero = !merged && (s.dil_h > 1 || s.dil_w > 1) ? zeros.data() : nullptr;
   args.ncols = Kg;
-  args.c_cstride = ok;
+  args.c_cstride = pool ? 1 : ok;  // a pooled conv's rows are channels_last in the band buffer
   args.ep.act = act;
-  for_each_tile<T>(
-      tiles, mc, ntaps, gsplit * psplit,
-      [&](int64_t tile, const T** a, T** c) {
-        const int64_t rows = std::min(mc, M - tile * mc);
-        thread_local std::vector<T> border;  // the tile's edge windows, read by compute on this thread
-        if (merged)
-          build_merged_rows<T>(s, xp, zrow.data(), op, ostride, tile * mc, rows, a, c, border);
-        else if (!dense)
-          build(tile * mc, rows, a, c);
-        return rows;
-      },
-      [&](int64_t tile, int64_t split, int64_t rows, const T** a, T** c) {
+  // Output pixels [m0, m0 + rows): their indirection, then their microkernels for one column split.
+  auto build_rows = [&](int64_t m0, int64_t rows, const T** a, T** c) {
+    thread_local std::vector<T> border;  // the rows' edge windows, read by compute on this thread
+    if (merged)
+      build_merged_rows<T>(s, xp, zrow.data(), op, ostride, m0, rows, a, c, border);
+    else if (!dense)
+      build(m0, rows, a, c);
+  };
+  auto compute_rows = [&](int64_t m0, int64_t split, int64_t rows, const T** a, T** c) {
         const int64_t gs = split / psplit, ps = split % psplit;
         IGemmArgs<T> part = args;
         if (dense) {
-          part.a_dense = xp + tile * mc * s.C;
+          part.a_dense = xp + m0 * s.C;
           part.lda = s.C;
-          part.c_dense = op + tile * mc * ldc;
+          part.c_dense = op + m0 * ldc;
           part.ldc = ldc;
         } else {
           part.a = a;
@@ -702,7 +762,19 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
           part.ep.stat_sq = partials.sq(g * kpad);
           isa.igemm(part);
         }
-      });
+  };
+  if (pool) {
+    pooled_rows<T>(s, *pool, mc, ntaps, gsplit * psplit, build_rows, compute_rows, op);
+    return;
+  }
+  for_each_tile<T>(
+      tiles, mc, ntaps, gsplit * psplit,
+      [&](int64_t tile, const T** a, T** c) {
+        const int64_t rows = std::min(mc, M - tile * mc);
+        build_rows(tile * mc, rows, a, c);
+        return rows;
+      },
+      [&](int64_t tile, int64_t split, int64_t rows, const T** a, T** c) { compute_rows(tile * mc, split, rows, a, c); });
   partials.finish(s.K, [&](int64_t k) { return (k / Kg) * kpad + k % Kg; });
 }
 
@@ -1165,6 +1237,42 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
   else
     forward_typed<float>(x, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
   ob.commit();
+}
+
+void conv2d_max_pool2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                               const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t activation,
+                               at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode,
+                               at::Tensor& out) {
+  EFFCONV_CHECK_CPU(input);
+  EFFCONV_CHECK_CPU(weight);
+  EFFCONV_CHECK_SAME_DTYPE(input, weight);
+  const Conv2dShape s = make_conv2d_shape(input, weight, stride, padding, dilation, groups);
+  TORCH_CHECK(activation >= 0 && activation < kNumActivations, "unknown activation code ", activation);
+  const Pool2dShape ps =
+      make_pool2d_shape(s.N, s.K, s.P, s.Q, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode);
+  EFFCONV_CHECK_SIZES(out, s.N, s.K, ps.P, ps.Q);
+  if (out.numel() == 0) return;
+  const at::ScalarType ct = compute_type(input.scalar_type());
+  const at::Tensor x = as_nhwc(input, ct);
+  const int lanes = isa_kernels().vec_bytes / int(at::elementSize(ct));
+  if (use_winograd(s) || use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes)) {
+    // Paths with their own tiling: the conv's output, then the pool.
+    at::Tensor conv = at::empty({s.N, s.K, s.P, s.Q}, out.options().memory_format(at::MemoryFormat::ChannelsLast));
+    conv2d_forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, activation, conv);
+    max_pool2d_forward(conv, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode, out);
+    return;
+  }
+  at::Tensor y = out.scalar_type() == ct && out.is_contiguous(at::MemoryFormat::ChannelsLast)
+                     ? out
+                     : at::empty(out.sizes(), out.options().dtype(ct).memory_format(at::MemoryFormat::ChannelsLast));
+  if (ct == at::kDouble)
+    forward_typed<double>(x, weight, s, bias, scale, shift, int(activation), y, c10::nullopt, &ps);
+  else
+    forward_typed<float>(x, weight, s, bias, scale, shift, int(activation), y, c10::nullopt, &ps);
+  if (!y.is_same(out)) out.copy_(y);
 }
 
 void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,

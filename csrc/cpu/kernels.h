@@ -16,6 +16,18 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                     int64_t activation, at::Tensor& out, const c10::optional<at::Tensor>& stats = c10::nullopt);
 
+// max_pool2d(conv2d_forward(...)) without writing the conv's output: on the
+// implicit-GEMM path each thread pools bands of conv rows from an L2-sized
+// buffer (Winograd and grouped-vector convs: the two kernels in turn). `out`
+// is (N, K, pooled H, pooled W), any layout.
+void conv2d_max_pool2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                               const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t activation,
+                               at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode,
+                               at::Tensor& out);
+
 // Whether the forward of a conv of this shape runs as Winograd (F(2x2, 3x3)
 // or F(4x4, 3x3), see winograd_tile; conv2d_kernel.cpp; NCHW outputs through
 // a channels_last copy; grad_input does when the transposed shape K -> C

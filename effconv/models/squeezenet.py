@@ -2,7 +2,8 @@
 torchvision's structure and parameter names. Every conv carries its ReLU in
 its epilogue; the parameter-free ReLU modules torchvision lists separately
 are nn.Identity here, so the state_dict keys stay the same. The max pools
-are effconv.MaxPool2d."""
+are effconv.MaxPool2d; the forward runs the stem conv and its pool as one
+call (functional.conv2d_max_pool2d)."""
 from __future__ import annotations
 
 import torch
@@ -69,7 +70,16 @@ class SqueezeNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        features = iter(self.features)
+        conv, relu, pool = next(features), next(features), next(features)
+        # The stem conv (its ReLU in the epilogue; `relu` is nn.Identity) and its max pool in one call.
+        x = functional.conv2d_max_pool2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                         conv.groups, activation=conv.activation, pool_kernel_size=pool.kernel_size,
+                                         pool_stride=pool.stride, pool_padding=pool.padding,
+                                         pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode)
+        for layer in features:
+            x = layer(x)
         return torch.flatten(self.classifier(x), 1)
 
 

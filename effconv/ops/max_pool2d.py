@@ -52,15 +52,20 @@ def _check(op, input, kernel_size, stride, padding, dilation, ceil_mode):
     c.check_pair(op, "stride", stride, 1)
     c.check_pair(op, "padding", padding, 0)
     c.check_pair(op, "dilation", dilation, 1)
+    return check_geometry(op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def check_geometry(op, size, kernel_size, stride, padding, dilation, ceil_mode):
+    """The pooled (P, Q) of an input of `size` (N, C, H, W), after the window checks."""
     if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
         raise RuntimeError(f"effconv.{op}: expected padding of at most half the kernel size {list(kernel_size)}, "
                            f"got {list(padding)}")
-    h, w = input.shape[2:]
+    h, w = size[2:]
     p = out_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     q = out_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     if p < 1 or q < 1:
-        raise RuntimeError(f"effconv.{op}: given input size {list(input.shape[1:])}, calculated output size "
-                           f"{[input.shape[1], p, q]}: expected a window that fits the padded input")
+        raise RuntimeError(f"effconv.{op}: given input size {list(size[1:])}, calculated output size "
+                           f"{[size[1], p, q]}: expected a window that fits the padded input")
     return p, q
 
 

@@ -80,14 +80,15 @@ inline DeformShape make_deform_shape(const at::Tensor& input, const at::Tensor& 
   return g;
 }
 
-inline Pool2dShape make_pool2d_shape(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  EFFCONV_CHECK_DIM(input, 4);
+// The pooling of an N x C x H x W input (sizes: F.max_pool2d's checks).
+inline Pool2dShape make_pool2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, at::IntArrayRef kernel_size,
+                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     bool ceil_mode) {
   TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
               "expected 2-element kernel_size, stride, padding and dilation, got ", kernel_size, ", ", stride, ", ",
               padding, ", ", dilation);
   Pool2dShape s;
-  s.N = input.size(0), s.C = input.size(1), s.H = input.size(2), s.W = input.size(3);
+  s.N = N, s.C = C, s.H = H, s.W = W;
   s.kh = kernel_size[0], s.kw = kernel_size[1], s.sh = stride[0], s.sw = stride[1];
   s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
   TORCH_CHECK(s.kh > 0 && s.kw > 0 && s.sh > 0 && s.sw > 0 && s.dh > 0 && s.dw > 0,
@@ -96,9 +97,16 @@ inline Pool2dShape make_pool2d_shape(const at::Tensor& input, at::IntArrayRef ke
               "expected padding of at most half the kernel size ", kernel_size, ", got ", padding);
   s.P = pool_out_size(s.H, s.kh, s.sh, s.ph, s.dh, ceil_mode);
   s.Q = pool_out_size(s.W, s.kw, s.sw, s.pw, s.dw, ceil_mode);
-  TORCH_CHECK(s.P > 0 && s.Q > 0, "expected a pooling window that fits the padded input ", input.sizes(),
-              ", got output size (", s.P, ", ", s.Q, ")");
+  TORCH_CHECK(s.P > 0 && s.Q > 0, "expected a pooling window that fits the padded input of size (", N, ", ", C,
+              ", ", H, ", ", W, "), got output size (", s.P, ", ", s.Q, ")");
   return s;
+}
+
+inline Pool2dShape make_pool2d_shape(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  EFFCONV_CHECK_DIM(input, 4);
+  return make_pool2d_shape(input.size(0), input.size(1), input.size(2), input.size(3), kernel_size, stride, padding,
+                           dilation, ceil_mode);
 }
 
 }  // namespace effconv
