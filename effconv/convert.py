@@ -13,6 +13,12 @@
   so state_dict keys do not change; a run inside a longer Sequential keeps
   its positions (the fused block at the conv's index, ``nn.Identity`` at the
   others), which nests its keys one level deeper.
+- inside ``nn.Sequential`` containers, Conv2d -> (ReLU | ReLU6 | SiLU) runs
+  without BatchNorm, with or without a MaxPool2d after them (SqueezeNet's
+  stem and classifier), become one :class:`effconv.Conv2d` with the
+  activation in its epilogue and the pool as its ``max_pool`` (one kernel
+  in CPU inference); the conv keeps its index, so keys do not change, and
+  ``nn.Identity`` takes the others' places;
 - torchvision's SqueezeNet ``Fire`` becomes effconv's (same parameters and
   keys): its ReLUs run in the convs' epilogues and the expand convs write
   their halves of one output instead of a ``torch.cat``, which a module swap
@@ -90,6 +96,31 @@ def _run_at(seq: nn.Sequential, i: int):
     return conv, bn, None, 2
 
 
+def _epilogue_run_at(seq: nn.Sequential, i: int):
+    """(conv, activation name, pool or None, length) of a Conv2d -> (activation) -> (MaxPool2d) run at
+    seq[i] with an activation or a pool to fuse, or None."""
+    mods = list(seq)
+    conv = mods[i]
+    if not (type(conv) is nn.Conv2d or (type(conv) is Conv2d and conv.activation is None and conv.max_pool is None)):
+        return None
+    j = i + 1
+    act = activation_name(mods[j]) if j < len(mods) and not isinstance(mods[j], nn.Identity) else None
+    if act not in (None, "none"):
+        j += 1
+    else:
+        act = "none"
+    pool = None
+    if j < len(mods) and isinstance(mods[j], nn.MaxPool2d) and not mods[j].return_indices:
+        try:
+            pool = MaxPool2d.from_torch(mods[j])
+            j += 1
+        except ValueError:  # arguments PyTorch itself rejects at call time: left to the plain conversion
+            pass
+    if act == "none" and pool is None:
+        return None
+    return conv, act, pool, j - i
+
+
 def _describe(conv, bn, act) -> str:
     name = activation_name(act) if act is not None else "none"
     return (f"Conv2d({conv.in_channels}, {conv.out_channels}, {tuple(conv.kernel_size)}, groups={conv.groups}) + "
@@ -156,6 +187,18 @@ def _convert_child(child: nn.Module, where: str, parent: nn.Module | None, fuse:
 def _convert_sequence(seq: nn.Sequential, prefix: str, report: ConversionReport) -> None:
     i = 0
     while i < len(seq):
+        fused = _epilogue_run_at(seq, i)
+        if fused is not None:
+            conv, act, pool, length = fused
+            seq[i] = Conv2d.from_torch(conv, activation=act, max_pool=pool)
+            for j in range(i + 1, i + length):
+                seq[j] = nn.Identity()
+            what = "Conv2d" + (f" + {act}" if act != "none" else "") + (" + MaxPool2d" if pool is not None else "")
+            into = f"effconv.Conv2d(activation={act!r}" + (", max_pool=...)" if pool is not None else ")")
+            report.converted.append((f"{_join(prefix, str(i))}..{i + length - 1}", f"{what} -> {into} (keys unchanged"
+                                     + ("; one kernel in CPU inference)" if pool is not None else ")")))
+            i += length
+            continue
         run = _run_at(seq, i)
         if run is None:
             seq[i] = _convert_child(seq[i], _join(prefix, str(i)), seq, True, report)

@@ -368,9 +368,9 @@ def conv2d_max_pool2d(
     bands of the conv's output rows into an L2-sized buffer and pools them
     from there, so the conv's full output is never written. SqueezeNet 1.1's
     stem at batch 16 took 3.6 ms against 6.5 ms as two kernels. Otherwise
-    (autograd, torch.compile, explain() recording, other backends, dtypes or
-    layouts) the two ops run in turn; a Winograd or grouped-vector conv
-    inside the fused call also runs before its pool.
+    (autograd, torch.compile, other backends, dtypes or layouts) the two ops
+    run in turn; a Winograd or grouped-vector conv inside the fused call
+    also runs before its pool.
     """
     if not isinstance(groups, int) or isinstance(groups, bool):
         raise TypeError(f"groups must be an int, got {groups!r}")
@@ -381,13 +381,20 @@ def conv2d_max_pool2d(
     act = activation or "none"
     out = None
     if (input.dtype in (torch.float32, torch.float64) and conv2d_route(input.shape[1], weight.shape, groups) == "conv2d"
-            and _direct_call_ok(input, weight, bias, scale, shift) and not _backends.recording_active()):
+            and _direct_call_ok(input, weight, bias, scale, shift)):
         fam = _conv2d_op.FAMILY
         size, memory_format, _, run, code = fam.plan(input, weight, bias, stride_, padding_, dilation_, groups, scale,
                                                      shift, act)
         if run is fam.runners["forward"]["cpu"] and memory_format == torch.channels_last:
             p, q = _max_pool_op.check_geometry(_max_pool_op.OP, size, kernel, pstride, ppadding, pdilation,
                                                ceil_mode)
+            if _backends.recording_active():  # the conv's choice was reported by plan()
+                _backends.report_choice(_backends.Choice(
+                    _max_pool_op.OP, "cpu", _backends.requested_backend(),
+                    "CPU inference with a channels_last result: pooled inside the conv's kernel",
+                    _max_pool_op.describe(kernel, pstride, ppadding, pdilation, ceil_mode)
+                    + " on the conv's output rows (conv2d_max_pool2d; after the conv for Winograd and "
+                      "grouped-vector convs)"))
             out = _common.new_output((size[0], size[1], p, q), input, memory_format)
             _ext.C().conv2d_max_pool2d_forward_cpu(input, weight, bias, scale, shift, stride_, padding_, dilation_,
                                                    groups, code, kernel, pstride, ppadding, pdilation,

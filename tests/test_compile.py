@@ -9,12 +9,12 @@ from helpers import assert_close
 def test_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
     model = nn.Sequential(
-        effconv.Conv2d(3, 8, 3, stride=2, padding=1, activation="relu"),
+        effconv.Conv2d(3, 8, 3, stride=2, padding=1, activation="relu", max_pool=nn.MaxPool2d(3, 2, ceil_mode=True)),
         effconv.Conv2d(8, 16, 1),
         nn.Hardswish(),
         effconv.Conv2d(16, 16, 3, padding=1, groups=4),
     )
-    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 24, 24).contiguous(memory_format=torch.channels_last)
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True)
     out = compiled(x)

@@ -6,6 +6,8 @@ band boundaries, carried rows, edge windows and its composed fallbacks
 (Winograd, grouped-vector convs) exercised."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,3 +192,39 @@ def test_conv_errors(gen):
     x, w, bias, scale, shift, act, conv, pool = _setup(CASES[0], torch.float32, "channels_last", gen)
     with torch.inference_mode(), pytest.raises(RuntimeError, match=r"expected input \[2, 2, 41, 39\] to have 3 channels, but got 2"):
         _call(x[:, :2], w, bias, scale, shift, act, conv, pool)
+
+
+def test_conv2d_module_with_max_pool(gen, fused_calls):
+    """effconv.Conv2d(max_pool=...) is Sequential(conv, act, pool): fused in
+    CPU inference, the two ops with autograd; nn.Conv2d's state_dict keys."""
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2), torch.nn.ReLU6(), torch.nn.MaxPool2d(3, 2, ceil_mode=True))
+    conv = effconv.Conv2d.from_torch(ref[0], activation="relu6", max_pool=ref[2])
+    assert isinstance(conv.max_pool, effconv.MaxPool2d) and list(conv.state_dict()) == ["weight", "bias"]
+    x = make_input((2, 3, 41, 39), torch.float32, "channels_last", gen)
+    with torch.inference_mode():
+        y = conv(x)
+        want = copy.deepcopy(ref).double()(x.double())
+    assert len(fused_calls) == 1
+    assert_close(y, want, 27)
+
+    conv64, ref64 = copy.deepcopy(conv).double(), copy.deepcopy(ref).double()
+    x64 = x.double().requires_grad_()
+    y, want = conv64(x64), ref64(x64)
+    assert len(fused_calls) == 1
+    dy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    got = torch.autograd.grad(y, (x64, conv64.weight, conv64.bias), dy)
+    expected = torch.autograd.grad(want, (x64, ref64[0].weight, ref64[0].bias), dy)
+    for g, r in zip(got, expected):
+        assert_close(g, r, 1000)
+    with pytest.raises(ValueError, match="max_pool must be an nn.MaxPool2d without return_indices"):
+        effconv.Conv2d(3, 4, 3, max_pool=torch.nn.MaxPool2d(2, return_indices=True))
+    with pytest.raises(ValueError, match="max_pool must be an nn.MaxPool2d"):
+        effconv.Conv2d(3, 4, 3, max_pool=torch.nn.AvgPool2d(2))
+
+
+def test_explain_reports_the_fused_pool(gen):
+    x, w, bias, scale, shift, act, conv, pool = _setup(CASES[0], torch.float32, "channels_last", gen)
+    rows = effconv.explain(_call, x, w, bias, scale, shift, act, conv, pool).rows
+    assert [r["op"] for r in rows] == ["conv2d", "max_pool2d"]
+    assert "on the conv's output rows" in rows[1]["kernel"] and rows[1]["backend"] == "cpu"

@@ -3,6 +3,8 @@ original's in train and eval mode; the report names what changed and why
 the rest did not."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -104,6 +106,51 @@ def test_sequence_runs_fuse_in_place():
         seq.train(mode)
         ours.train(mode)
         assert_close(ours(x), seq(x), 72)
+
+
+def test_conv_activation_pool_runs_fuse_in_place():
+    """Conv -> act (-> MaxPool) without BatchNorm: one effconv.Conv2d at the
+    conv's index (keys unchanged), the pool as its max_pool; a run with
+    nothing to fuse, a BatchNorm run and a pool with indices are left to
+    the other rules."""
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True),
+                        nn.Conv2d(8, 8, 1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 8, 1), nn.Hardswish(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8),
+                        nn.MaxPool2d(2, return_indices=False), nn.Conv2d(8, 4, 1))
+    randomized(seq)
+    ours = effconv.convert(seq)
+    converted = dict(effconv.conversion_report(ours).converted)
+    assert converted["0..2"] == ("Conv2d + relu + MaxPool2d -> effconv.Conv2d(activation='relu', max_pool=...) "
+                                 "(keys unchanged; one kernel in CPU inference)")
+    assert converted["3..4"] == "Conv2d + silu -> effconv.Conv2d(activation='silu') (keys unchanged)"
+    assert converted["5..6"].startswith("Conv2d + MaxPool2d -> effconv.Conv2d(activation='none', max_pool=...)")
+    assert converted["7"] == "nn.Conv2d -> effconv.Conv2d" and type(ours[8]) is nn.Hardswish
+    assert isinstance(ours[9], effconv.ConvBNAct2d) and isinstance(ours[11], effconv.MaxPool2d)
+    assert ours[0].activation == "relu" and isinstance(ours[0].max_pool, effconv.MaxPool2d)
+    assert [type(ours[i]) for i in (1, 2, 4, 6)] == [nn.Identity] * 4
+    assert [k for k in ours.state_dict() if not k.startswith("9.")] == [
+        k for k in seq.state_dict() if not k.startswith(("9.", "10."))]
+    x = torch.randn(2, 3, 33, 31)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for mode in (True, False):
+            seq.train(mode)
+            ours.train(mode)
+            with torch.no_grad():
+                assert_close(ours(x.contiguous(memory_format=layout)), seq(x), 72)
+
+
+def test_squeezenet_stem_fused_in_inference():
+    tv = torchvision.models.squeezenet1_1(num_classes=10).eval()
+    ours = effconv.convert(tv)
+    stem = ours.features[0]
+    assert type(stem) is effconv.Conv2d and stem.activation == "relu" and stem.max_pool.ceil_mode
+    assert ours.classifier[1].activation == "relu"
+    assert list(ours.state_dict()) == list(tv.state_dict())
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = ours(x)
+        ref = copy.deepcopy(tv).double()(x.double())
+    assert_close(y, ref, 1000)
 
 
 def test_squeezenet_fire_swapped():

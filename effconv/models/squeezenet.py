@@ -2,8 +2,8 @@
 torchvision's structure and parameter names. Every conv carries its ReLU in
 its epilogue; the parameter-free ReLU modules torchvision lists separately
 are nn.Identity here, so the state_dict keys stay the same. The max pools
-are effconv.MaxPool2d; the forward runs the stem conv and its pool as one
-call (functional.conv2d_max_pool2d)."""
+are effconv.MaxPool2d; the stem's is part of the stem conv (its ``max_pool``,
+one kernel in CPU inference), leaving nn.Identity at its index."""
 from __future__ import annotations
 
 import torch
@@ -46,13 +46,13 @@ class SqueezeNet(nn.Module):
         pool = lambda: MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
         if version == "1_0":
             self.features = nn.Sequential(
-                Conv2d(3, 96, 7, 2, activation="relu"), nn.Identity(), pool(),
+                Conv2d(3, 96, 7, 2, activation="relu", max_pool=pool()), nn.Identity(), nn.Identity(),
                 Fire(96, 16, 64, 64), Fire(128, 16, 64, 64), Fire(128, 32, 128, 128), pool(),
                 Fire(256, 32, 128, 128), Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256),
                 pool(), Fire(512, 64, 256, 256))
         elif version == "1_1":
             self.features = nn.Sequential(
-                Conv2d(3, 64, 3, 2, activation="relu"), nn.Identity(), pool(),
+                Conv2d(3, 64, 3, 2, activation="relu", max_pool=pool()), nn.Identity(), nn.Identity(),
                 Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), pool(),
                 Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool(),
                 Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256))
@@ -70,16 +70,7 @@ class SqueezeNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        features = iter(self.features)
-        conv, relu, pool = next(features), next(features), next(features)
-        # The stem conv (its ReLU in the epilogue; `relu` is nn.Identity) and its max pool in one call.
-        x = functional.conv2d_max_pool2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                                         conv.groups, activation=conv.activation, pool_kernel_size=pool.kernel_size,
-                                         pool_stride=pool.stride, pool_padding=pool.padding,
-                                         pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode)
-        for layer in features:
-            x = layer(x)
+        x = self.features(x.contiguous(memory_format=torch.channels_last))
         return torch.flatten(self.classifier(x), 1)
 
 
