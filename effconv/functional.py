@@ -72,8 +72,10 @@ def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int],
     return sym, extra
 
 
-def _normalize(op: str, input, weight, stride, padding, dilation):
+def _normalize(op: str, input, weight, stride, padding, dilation, groups=1):
     """F.conv2d argument conventions -> (batched input, stride, padding, dilation, unbatched?)."""
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"groups must be an int, got {groups!r}")
     stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
     unbatched = input.dim() == 3
     if input.dim() not in (3, 4):
@@ -129,9 +131,8 @@ def conv2d(
     ``None | 'relu' | 'relu6' | 'silu'``. Depthwise convolutions
     (groups == in_channels) run on the depthwise op.
     """
-    if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    input, stride_, padding_, dilation_, unbatched = _normalize("conv2d", input, weight, stride, padding, dilation)
+    input, stride_, padding_, dilation_, unbatched = _normalize("conv2d", input, weight, stride, padding, dilation,
+                                                                groups)
     out = conv2d_normalized(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift,
                             activation or "none")
     return out.squeeze(0) if unbatched else out
@@ -372,12 +373,11 @@ def conv2d_max_pool2d(
     run in turn; a Winograd or grouped-vector conv inside the fused call
     also runs before its pool.
     """
-    if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"groups must be an int, got {groups!r}")
     kernel = _pool_pair("kernel_size", pool_kernel_size)
     pstride = _pool_pair("stride", pool_stride, default=kernel)
     ppadding, pdilation = _pool_pair("padding", pool_padding), _pool_pair("dilation", pool_dilation)
-    input, stride_, padding_, dilation_, unbatched = _normalize("conv2d", input, weight, stride, padding, dilation)
+    input, stride_, padding_, dilation_, unbatched = _normalize("conv2d", input, weight, stride, padding, dilation,
+                                                                groups)
     act = activation or "none"
     out = None
     if (input.dtype in (torch.float32, torch.float64) and conv2d_route(input.shape[1], weight.shape, groups) == "conv2d"
@@ -437,7 +437,7 @@ def conv_bn_act2d(
     """
     act = activation or "none"
     input, stride_, padding_, dilation_, unbatched = _normalize("conv_bn_act2d", input, weight, stride, padding,
-                                                                dilation)
+                                                                dilation, groups)
     if training or running_mean is None or running_var is None:
         out = _conv_bn_train(input, weight, bias, running_mean, running_var, bn_weight, bn_bias, momentum, eps,
                              stride_, padding_, dilation_, groups, act, update=training)
