@@ -62,6 +62,18 @@ def _direct_call_ok(*tensors) -> bool:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def quiet() -> bool:
+    """Nothing would see an op call: autograd off, no tracer, mode, profiler or explain() recorder."""
+    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled
+                or _backends.recording_active())
+
+
+def backend_state() -> tuple:
+    """The process state a plan's routing reads besides its tensors."""
+    return _backends.requested_backend(), _backends.triton_interpreting()
+
+
 def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int], list[int]]:
     """('same' padding) -> (symmetric part, extra on the bottom/right), as PyTorch pads."""
     sym, extra = [], []
@@ -214,6 +226,7 @@ def conv2d_planned(site, input, weight, stride: tuple, padding: tuple, dilation:
     where calling the op's implementation directly is exact and explain()
     is not recording."""
     if not _direct_call_ok(input, weight, scale, shift) or _backends.recording_active():
+        site.call = None  # (the memo always describes the last call it served)
         return conv2d_normalized(input, weight, None, list(stride), list(padding), list(dilation), groups, scale,
                                  shift, activation)
     key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), stride, padding,

@@ -207,6 +207,27 @@ def test_eval_plan_memo_follows_every_change(conv):
         assert out.is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl), "output layout"
         with effconv.use_backend("torch"):
             assert_close(m(x), ref(x), cin * k * k, "under use_backend('torch')")
+        # What the fold and the epilogue read, each change made after a memoised call.
+        changes = [
+            ("running_var updated in place", lambda b: b[1].running_var.mul_(1.5)),
+            ("BatchNorm weight replaced", lambda b: setattr(b[1], "weight", nn.Parameter(b[1].weight * 0.5))),
+            ("eps", lambda b: setattr(b[1], "eps", 0.25)),
+            ("activation module", lambda b: b.__setitem__(2, nn.SiLU())),
+            ("conv weight updated in place", lambda b: b[0].weight.add_(0.125)),
+        ]
+        for what, change in changes:
+            assert_close(m(x), ref(x), cin * k * k, f"before: {what}")
+            assert m._fold.fast is not None, f"before: {what}: the memo is in use"
+            with torch.inference_mode(False), torch.no_grad():  # normal tensors, as a training step makes
+                change(m)
+                change(ref)
+            for _ in range(2):
+                assert_close(m(x), ref(x), cin * k * k, f"after: {what}")
+        # A call explain() records plans without the memo; the next call must not reuse a stale one.
+        other = torch.randn(1, cin, 6, 6)
+        effconv.explain(m, other)
+        for xi in (other, x):
+            assert_close(m(xi), ref(xi), cin * k * k, "after explain()")
         # Parameters made under inference_mode have no version counter: no memo, same results.
         m, ref = m.double(), ref.double()
         for _ in range(2):

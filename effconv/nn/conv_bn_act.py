@@ -46,10 +46,60 @@ class _FoldCache:
     last call's metadata; it lives and dies with the fold, whose tensors
     include the conv weight."""
 
-    __slots__ = ("tensors", "state", "value", "call")
+    __slots__ = ("tensors", "state", "value", "call", "fast")
 
     def __init__(self):
-        self.tensors, self.state, self.value, self.call = None, None, None, None
+        self.tensors, self.state, self.value, self.call, self.fast = None, None, None, None, None
+
+    def fast_call(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str):
+        """The last inference call again, when nothing it read has changed:
+        the same fold tensors (identity, version, storage), input metadata,
+        conv arguments and backend request, and nothing listening (autograd,
+        tracers, modes, profiler, explain()). Else None: the caller takes the
+        full path, which refreshes this memo. Batch-1 networks spend more
+        time in per-layer Python than in small layers' kernels."""
+        f = self.fast
+        if f is None or bn.training or not functional.quiet():
+            return None
+        tensors, versions, ptrs, meta, cargs, backend, run, plan, stride, padding, dilation, groups, scale, shift = f
+        buffers, params, cparams = bn._buffers, bn._parameters, conv._parameters
+        if (cparams["weight"] is not tensors[0] or buffers.get("running_mean") is not tensors[1]
+                or buffers.get("running_var") is not tensors[2] or params.get("weight") is not tensors[3]
+                or params.get("bias") is not tensors[4] or cparams.get("bias") is not tensors[5]):
+            return None
+        weight = tensors[0]
+        if (type(input) is not torch.Tensor
+                or (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), bn.eps,
+                    activation) != meta
+                or (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode) != cargs
+                or functional.backend_state() != backend):
+            return None
+        live = [t for t in tensors if t is not None]
+        if [t._version for t in live] != versions or [t.data_ptr() for t in live] != ptrs:
+            return None
+        return run(plan, input, weight, None, stride, padding, dilation, groups, scale, shift)
+
+    def remember_fast(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str) -> None:
+        """Records the call conv2d_planned just made (its memo, which it
+        drops when it does not plan) for fast_call."""
+        memo, value, self.fast = self.call, self.value, None
+        if memo is None or value is None or type(input) is not torch.Tensor:
+            return
+        _, fam, plan, stride, padding, dilation = memo
+        buffers, params, cparams = bn._buffers, bn._parameters, conv._parameters
+        tensors = (cparams["weight"], buffers.get("running_mean"), buffers.get("running_var"), params.get("weight"),
+                   params.get("bias"), cparams.get("bias"))
+        live = [t for t in tensors if t is not None]
+        try:
+            versions = [t._version for t in live]
+        except RuntimeError:  # inference tensors: no version counter to watch
+            return
+        weight = tensors[0]
+        self.fast = (tensors, versions, [t.data_ptr() for t in live],
+                     (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), bn.eps,
+                      activation),
+                     (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode),
+                     functional.backend_state(), fam.run_plan, plan, stride, padding, dilation, conv.groups, *value)
 
     def get(self, tensors, extra, compute, *args):
         """The cached ``compute(*args)``, recomputed when a tensor or ``extra`` changed."""
@@ -59,13 +109,13 @@ class _FoldCache:
                 if t is not None:
                     state += (t.device, t.data_ptr(), t._version)
         except RuntimeError:  # inference tensors (a module converted under inference_mode) have no version
-            self.tensors, self.state, self.value, self.call = None, None, None, None
+            self.tensors, self.state, self.value, self.call, self.fast = None, None, None, None, None
             return compute(*args)
         held = self.tensors
         if held is not None and self.state == state and all(a is b for a, b in zip(held, tensors)):
             return self.value
         self.value = compute(*args)
-        self.tensors, self.state, self.call = tuple(tensors), state, None
+        self.tensors, self.state, self.call, self.fast = tuple(tensors), state, None, None
         return self.value
 
 
@@ -74,6 +124,10 @@ def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, ac
     """``act(bn(conv(input)))`` exactly as the unfused modules compute it
     (train and eval, momentum None, track_running_stats, affine), on one
     fused op. ``cache`` keeps the eval-mode fold between calls."""
+    if cache is not None:
+        out = cache.fast_call(conv, bn, input, activation)
+        if out is not None:
+            return out
     if (cache is not None and not bn.training and not torch.is_grad_enabled() and conv.padding_mode == "zeros"
             and not torch.compiler.is_compiling()):
         # Inference (no_grad / inference_mode) with running statistics: the
@@ -89,8 +143,10 @@ def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, ac
             # nn.Conv2d keeps stride/dilation (and non-string padding) as int
             # pairs: only the routing is left of functional.conv2d.
             if input.dim() == 4 and not isinstance(conv.padding, str):
-                return functional.conv2d_planned(cache, input, weight, conv.stride, conv.padding, conv.dilation,
-                                                 conv.groups, scale, shift, activation)
+                out = functional.conv2d_planned(cache, input, weight, conv.stride, conv.padding, conv.dilation,
+                                                conv.groups, scale, shift, activation)
+                cache.remember_fast(conv, bn, input, activation)
+                return out
             return functional.conv2d(input, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups,
                                      scale=scale, shift=shift, activation=activation)
     if conv.padding_mode != "zeros":
