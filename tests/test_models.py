@@ -136,3 +136,24 @@ def test_models_explain():
     rows = effconv.explain(em.mobilenet_v2())
     assert {r["op"] for r in rows} >= {"conv_bn_act2d"}
     assert not rows.fallbacks
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1"])
+def test_save_and_copy_after_inference(name):
+    """Per-block inference memos (kernel runners) are not part of a saved or
+    copied model: torch.save, torch.load and deepcopy work after inference
+    calls and give the same outputs."""
+    import io
+
+    m = getattr(em, name)(num_classes=10).eval()
+    randomized(m)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        y = m(x)
+        m(x)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for twin in (torch.load(buf, weights_only=False), copy.deepcopy(m)):
+        with torch.inference_mode():
+            torch.testing.assert_close(twin(x), y, rtol=0, atol=0)

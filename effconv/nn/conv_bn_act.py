@@ -51,6 +51,11 @@ class _FoldCache:
     def __init__(self):
         self.tensors, self.state, self.value, self.call, self.fast = None, None, None, None, None
 
+    def __reduce__(self):
+        # Pickled and copied empty: the memo holds kernel runners (unpicklable
+        # closures) and is rebuilt by the first call anyway.
+        return _FoldCache, ()
+
     def fast_call(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str):
         """The last inference call again, when nothing it read has changed:
         the same fold tensors (identity, version, storage), input metadata,
