@@ -183,6 +183,14 @@ def conv2d_cat(
     of one output tensor, so the concatenation costs nothing; otherwise
     (autograd, torch.compile, other backends) it is the cat of the convs.
     """
+    return conv2d_cat_planned(None, input, weights, biases, stride, paddings, dilation, activation)
+
+
+def conv2d_cat_planned(site: Optional[PlanMemo], input, weights, biases, stride, paddings, dilation,
+                       activation: Optional[str]) -> torch.Tensor:
+    """conv2d_cat for a call site that keeps the last call's plans in
+    ``site.call`` (SqueezeNet's Fire), like conv2d_planned; ``site`` None
+    plans every call."""
     n = len(weights)
     biases = list(biases) if biases is not None else [None] * n
     paddings = list(paddings) if len(paddings) else [0] * n
@@ -192,20 +200,36 @@ def conv2d_cat(
     act = activation or "none"
     direct = (_direct_call_ok(input, *weights, *biases) and input.dim() == 4 and input.device.type == "cpu"
               and _backends.requested_backend() in ("auto", "cpu"))
-    if not direct or any(conv2d_route(input.shape[1], w.shape, 1) != "conv2d" for w in weights):
-        return torch.cat([conv2d(input, w, b, stride, p, dilation, activation=activation)
-                          for w, b, p in zip(weights, biases, paddings)], 1)
-    stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
-    paddings_ = [_pair("padding", p) for p in paddings]
-    fam = _conv2d_op.FAMILY
-    plans = [fam.plan(input, w, b, stride_, p, dilation_, 1, None, None, act)
-             for w, b, p in zip(weights, biases, paddings_)]
-    sizes = [pl[0] for pl in plans]
-    if any(size[2:] != sizes[0][2:] for size in sizes):
-        raise RuntimeError(f"conv2d_cat: expected every conv to give the same output size, got "
-                           f"{[list(size[2:]) for size in sizes]}")
-    size = (sizes[0][0], sum(size[1] for size in sizes), *sizes[0][2:])
-    memory_format = plans[0][1]
+    recording = _backends.recording_active()
+    memo = None
+    if site is not None:
+        if direct and not recording:
+            key = (input.shape, input.stride(), input.dtype, input.device,
+                   tuple((w.shape, w.stride(), w.dtype, w.device) for w in weights),
+                   tuple(None if b is None else (b.shape, b.stride(), b.dtype, b.device) for b in biases),
+                   stride, tuple(tuple(p) if isinstance(p, list) else p for p in paddings), dilation, act,
+                   _backends.triton_interpreting())
+            memo = site.call if site.call is not None and site.call[0] == key else None
+        else:
+            key = site.call = None
+    if memo is None:
+        if not direct or any(conv2d_route(input.shape[1], w.shape, 1) != "conv2d" for w in weights):
+            return torch.cat([conv2d(input, w, b, stride, p, dilation, activation=activation)
+                              for w, b, p in zip(weights, biases, paddings)], 1)
+        stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
+        paddings_ = [_pair("padding", p) for p in paddings]
+        fam = _conv2d_op.FAMILY
+        plans = [fam.plan(input, w, b, stride_, p, dilation_, 1, None, None, act)
+                 for w, b, p in zip(weights, biases, paddings_)]
+        sizes = [pl[0] for pl in plans]
+        if any(size[2:] != sizes[0][2:] for size in sizes):
+            raise RuntimeError(f"conv2d_cat: expected every conv to give the same output size, got "
+                               f"{[list(size[2:]) for size in sizes]}")
+        size = (sizes[0][0], sum(size[1] for size in sizes), *sizes[0][2:])
+        memo = (None, plans, size, plans[0][1], stride_, paddings_, dilation_)
+        if site is not None and not recording:
+            site.call = (key, *memo[1:])
+    _, plans, size, memory_format, stride_, paddings_, dilation_ = memo
     out = _common.new_output(size, input, memory_format)
     k0 = 0
     # Each conv's runner writes its channel range of `out` (a strided view).
@@ -215,31 +239,46 @@ def conv2d_cat(
     return out
 
 
-def conv2d_planned(site, input, weight, stride: tuple, padding: tuple, dilation: tuple, groups: int, scale, shift,
-                   activation: str) -> torch.Tensor:
-    """conv2d_normalized without a bias, for a call site that memoises its
-    op's plan in ``site.call`` (eval-mode Conv-BN, whose ``site`` drops the
-    memo whenever its weight or folded scale/shift change): a batch-1
-    network's layers repeat one call, and the plan lookup (a key over five
-    tensors' metadata) cost as much as a small layer's kernel. The memo is
-    keyed on what the plan reads besides those tensors, and is used only
-    where calling the op's implementation directly is exact and explain()
-    is not recording."""
-    if not _direct_call_ok(input, weight, scale, shift) or _backends.recording_active():
+class PlanMemo:
+    """A call site's memo of its last op call (see conv2d_planned). Pickled
+    and copied empty: it holds kernel runners (closures that do not pickle)
+    and the next call rebuilds it."""
+
+    __slots__ = ("call",)
+
+    def __init__(self):
+        self.call = None
+
+    def __reduce__(self):
+        return type(self), ()
+
+
+def conv2d_planned(site: PlanMemo, input, weight, bias, stride: tuple, padding: tuple, dilation: tuple, groups: int,
+                   scale, shift, activation: str) -> torch.Tensor:
+    """conv2d_normalized for a call site that memoises its op's plan in
+    ``site.call`` (an effconv.Conv2d; an eval-mode Conv-BN, whose site also
+    drops the memo whenever its weight or folded scale/shift change): a
+    batch-1 network's layers repeat one call, and the plan lookup (a key
+    over five tensors' metadata) cost as much as a small layer's kernel.
+    The memo is keyed on what the plan reads besides scale and shift, and
+    is used only where calling the op's implementation directly is exact
+    and explain() is not recording."""
+    if not _direct_call_ok(input, weight, bias, scale, shift) or _backends.recording_active():
         site.call = None  # (the memo always describes the last call it served)
-        return conv2d_normalized(input, weight, None, list(stride), list(padding), list(dilation), groups, scale,
+        return conv2d_normalized(input, weight, bias, list(stride), list(padding), list(dilation), groups, scale,
                                  shift, activation)
-    key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), stride, padding,
-           dilation, groups, activation, _backends.requested_backend(), _backends.triton_interpreting())
+    key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), weight.dtype,
+           weight.device, None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.device), stride,
+           padding, dilation, groups, activation, _backends.requested_backend(), _backends.triton_interpreting())
     memo = site.call
     if memo is None or memo[0] != key:
         stride_, padding_, dilation_ = list(stride), list(padding), list(dilation)
         fam = (_depthwise_op if conv2d_route(input.shape[1], weight.shape, groups) == "depthwise_conv2d"
                else _conv2d_op).FAMILY
-        plan = fam.plan(input, weight, None, stride_, padding_, dilation_, groups, scale, shift, activation)
+        plan = fam.plan(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, activation)
         memo = site.call = (key, fam, plan, stride_, padding_, dilation_)
     _, fam, plan, stride_, padding_, dilation_ = memo
-    return fam.run_plan(plan, input, weight, None, stride_, padding_, dilation_, groups, scale, shift)
+    return fam.run_plan(plan, input, weight, bias, stride_, padding_, dilation_, groups, scale, shift)
 
 
 def _depthwise(input, weight, bias, stride, padding, dilation, scale, shift, act):

@@ -178,3 +178,49 @@ def test_backward_uses_the_forward_backend():
         y.sum().backward()  # outside the block: still the torch backend
     assert [(c.op, c.backend) for c in rec] == [
         ("conv2d", "torch"), ("conv2d_grad_input", "torch"), ("conv2d_grad_weight", "torch")]
+
+
+def test_inference_plan_memo_follows_every_change():
+    """effconv.Conv2d and SqueezeNet's Fire keep their last inference call's
+    plan; every change the plan depends on must reach the op."""
+    from effconv.models.squeezenet import Fire
+
+    torch.manual_seed(0)
+    conv = effconv.Conv2d(6, 10, 3, padding=1, activation="relu")
+    fire = Fire(6, 4, 8, 8)
+    refs = {"conv": lambda x: F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), conv.stride,
+                                       conv.padding, conv.dilation).relu(),
+            "fire": lambda x: torch.cat([
+                F.conv2d(F.conv2d(x.double(), fire.squeeze.weight.double(), fire.squeeze.bias.double()).relu(),
+                         e.weight.double(), e.bias.double(), 1, e.padding).relu()
+                for e in (fire.expand1x1, fire.expand3x3)], 1)}
+    x = torch.randn(2, 6, 7, 9)
+    inputs = [("first call", x), ("same call", x), ("channels_last", x.to(memory_format=torch.channels_last)),
+              ("other size", torch.randn(1, 6, 5, 11)), ("float64", x.double())]
+    for name, module in (("conv", conv), ("fire", fire)):
+        with torch.inference_mode():
+            for what, xi in inputs:
+                if xi.dtype == torch.float64:
+                    module.double()
+                out = module(xi)
+                assert out.is_contiguous(memory_format=torch.channels_last) == (what == "channels_last"), what
+                assert_close(out, refs[name](xi), 54, f"{name}: {what}")
+            module.float()
+        with torch.inference_mode(False), torch.no_grad():
+            target = conv if name == "conv" else fire.expand3x3
+            target.weight = nn.Parameter(target.weight[:, :, :2].clone())  # a 2x3 kernel: another output size
+            target.padding = (1, 1) if name == "conv" else (0, 1)
+        with torch.inference_mode():
+            if name == "fire":  # 2x3 with padding (0, 1) keeps 7x9 -> 6x9: the cat's sizes now disagree
+                with pytest.raises(RuntimeError, match="expected every conv to give the same output size"):
+                    module(x)
+                fire.expand3x3.padding = (1, 1)
+                with pytest.raises(RuntimeError, match="expected every conv to give the same output size"):
+                    module(x)
+                continue
+            assert_close(module(x), refs[name](x), 54, f"{name}: after replacing the weight")
+            with effconv.use_backend("torch"):
+                assert_close(module(x), refs[name](x), 54, f"{name}: under use_backend('torch')")
+            rows = effconv.explain(module, torch.randn(1, 6, 4, 4)).rows
+            assert rows and rows[0]["op"] == "conv2d"
+            assert_close(module(x), refs[name](x), 54, f"{name}: after explain()")

@@ -69,10 +69,13 @@ class Conv2d(nn.Conv2d):
         else:
             padding = self.padding
             if pool is None and input.dim() == 4 and not isinstance(padding, str):
-                # Arguments nn.Conv2d keeps as int pairs need no normalising (batch-1 networks: per-call cost).
-                return functional.conv2d_normalized(input, weight, bias, list(self.stride), list(padding),
-                                                    list(self.dilation), self.groups, None, None,
-                                                    self.activation or "none")
+                # Arguments nn.Conv2d keeps as int pairs need no normalising, and the
+                # last call's plan is kept (batch-1 networks: per-call cost).
+                memo = self.__dict__.get("_plan_memo")
+                if memo is None:
+                    memo = self._plan_memo = functional.PlanMemo()
+                return functional.conv2d_planned(memo, input, weight, bias, self.stride, padding, self.dilation,
+                                                 self.groups, None, None, self.activation or "none")
         if pool is not None:
             return functional.conv2d_max_pool2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                                                 activation=self.activation, pool_kernel_size=pool.kernel_size,

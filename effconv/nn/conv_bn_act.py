@@ -34,7 +34,7 @@ def activation_name(module: Optional[nn.Module]) -> Optional[str]:
     return None
 
 
-class _FoldCache:
+class _FoldCache(functional.PlanMemo):
     """The eval-mode (scale, shift) of one conv + BatchNorm pair, kept while
     every tensor it was folded from is the same tensor (identity, storage
     and version counter): an in-place update (optimizer step, training-mode
@@ -46,15 +46,11 @@ class _FoldCache:
     last call's metadata; it lives and dies with the fold, whose tensors
     include the conv weight."""
 
-    __slots__ = ("tensors", "state", "value", "call", "fast")
+    __slots__ = ("tensors", "state", "value", "fast")
 
     def __init__(self):
-        self.tensors, self.state, self.value, self.call, self.fast = None, None, None, None, None
-
-    def __reduce__(self):
-        # Pickled and copied empty: the memo holds kernel runners (unpicklable
-        # closures) and is rebuilt by the first call anyway.
-        return _FoldCache, ()
+        super().__init__()
+        self.tensors, self.state, self.value, self.fast = None, None, None, None
 
     def fast_call(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str):
         """The last inference call again, when nothing it read has changed:
@@ -148,7 +144,7 @@ def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, ac
             # nn.Conv2d keeps stride/dilation (and non-string padding) as int
             # pairs: only the routing is left of functional.conv2d.
             if input.dim() == 4 and not isinstance(conv.padding, str):
-                out = functional.conv2d_planned(cache, input, weight, conv.stride, conv.padding, conv.dilation,
+                out = functional.conv2d_planned(cache, input, weight, None, conv.stride, conv.padding, conv.dilation,
                                                 conv.groups, scale, shift, activation)
                 cache.remember_fast(conv, bn, input, activation)
                 return out
