@@ -73,6 +73,13 @@ def requested_backend() -> str:
     return parsed
 
 
+def backend_state() -> tuple:
+    """What a plan's routing reads of this thread's and process's state (the
+    backend request and TRITON_INTERPRET), raw: equal states route alike."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None, _backend_env(), _interpret_env()
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the ops called inside the block on backend ``name`` (this thread only)."""

@@ -69,10 +69,6 @@ def quiet() -> bool:
                 or _backends.recording_active())
 
 
-def backend_state() -> tuple:
-    """The process state a plan's routing reads besides its tensors."""
-    return _backends.requested_backend(), _backends.triton_interpreting()
-
 
 def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int], list[int]]:
     """('same' padding) -> (symmetric part, extra on the bottom/right), as PyTorch pads."""
@@ -208,7 +204,7 @@ def conv2d_cat_planned(site: Optional[PlanMemo], input, weights, biases, stride,
                    tuple((w.shape, w.stride(), w.dtype, w.device) for w in weights),
                    tuple(None if b is None else (b.shape, b.stride(), b.dtype, b.device) for b in biases),
                    stride, tuple(tuple(p) if isinstance(p, list) else p for p in paddings), dilation, act,
-                   _backends.triton_interpreting())
+                   _backends.backend_state())
             memo = site.call if site.call is not None and site.call[0] == key else None
         else:
             key = site.call = None
@@ -269,7 +265,7 @@ def conv2d_planned(site: PlanMemo, input, weight, bias, stride: tuple, padding: 
                                  shift, activation)
     key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), weight.dtype,
            weight.device, None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.device), stride,
-           padding, dilation, groups, activation, _backends.requested_backend(), _backends.triton_interpreting())
+           padding, dilation, groups, activation, _backends.backend_state())
     memo = site.call
     if memo is None or memo[0] != key:
         stride_, padding_, dilation_ = list(stride), list(padding), list(dilation)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effconv import backends as _backends
 from effconv import functional
 from effconv.nn.conv import Conv2d
 
@@ -62,7 +63,7 @@ class _FoldCache(functional.PlanMemo):
         f = self.fast
         if f is None or bn.training or not functional.quiet():
             return None
-        tensors, versions, ptrs, meta, cargs, backend, run, plan, stride, padding, dilation, groups, scale, shift = f
+        tensors, live, stamps, meta, cargs, backend, run, plan, stride, padding, dilation, groups, scale, shift = f
         buffers, params, cparams = bn._buffers, bn._parameters, conv._parameters
         if (cparams["weight"] is not tensors[0] or buffers.get("running_mean") is not tensors[1]
                 or buffers.get("running_var") is not tensors[2] or params.get("weight") is not tensors[3]
@@ -73,10 +74,8 @@ class _FoldCache(functional.PlanMemo):
                 or (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), bn.eps,
                     activation) != meta
                 or (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode) != cargs
-                or functional.backend_state() != backend):
-            return None
-        live = [t for t in tensors if t is not None]
-        if [t._version for t in live] != versions or [t.data_ptr() for t in live] != ptrs:
+                or _backends.backend_state() != backend
+                or [(t._version, t.data_ptr()) for t in live] != stamps):
             return None
         return run(plan, input, weight, None, stride, padding, dilation, groups, scale, shift)
 
@@ -90,17 +89,17 @@ class _FoldCache(functional.PlanMemo):
         buffers, params, cparams = bn._buffers, bn._parameters, conv._parameters
         tensors = (cparams["weight"], buffers.get("running_mean"), buffers.get("running_var"), params.get("weight"),
                    params.get("bias"), cparams.get("bias"))
-        live = [t for t in tensors if t is not None]
+        live = tuple(t for t in tensors if t is not None)
         try:
-            versions = [t._version for t in live]
+            stamps = [(t._version, t.data_ptr()) for t in live]
         except RuntimeError:  # inference tensors: no version counter to watch
             return
         weight = tensors[0]
-        self.fast = (tensors, versions, [t.data_ptr() for t in live],
+        self.fast = (tensors, live, stamps,
                      (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), bn.eps,
                       activation),
                      (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode),
-                     functional.backend_state(), fam.run_plan, plan, stride, padding, dilation, conv.groups, *value)
+                     _backends.backend_state(), fam.run_plan, plan, stride, padding, dilation, conv.groups, *value)
 
     def get(self, tensors, extra, compute, *args):
         """The cached ``compute(*args)``, recomputed when a tensor or ``extra`` changed."""
