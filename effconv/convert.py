@@ -101,7 +101,8 @@ def _epilogue_run_at(seq: nn.Sequential, i: int):
     seq[i] with an activation or a pool to fuse, or None."""
     mods = list(seq)
     conv = mods[i]
-    if not (type(conv) is nn.Conv2d or (type(conv) is Conv2d and conv.activation is None and conv.max_pool is None)):
+    if not (type(conv) is nn.Conv2d
+            or (type(conv) is Conv2d and conv.activation is None and conv._modules.get("max_pool") is None)):
         return None
     j = i + 1
     act = activation_name(mods[j]) if j < len(mods) and not isinstance(mods[j], nn.Identity) else None

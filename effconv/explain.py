@@ -83,7 +83,7 @@ def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype |
         family = FAMILIES[conv.effconv_op]
         padding = conv.padding if not isinstance(conv.padding, str) else (0, 0)
         kernel = family.describe(conv.weight.shape, conv.stride, padding, conv.dilation, conv.groups)
-        pool = getattr(conv, "max_pool", None)
+        pool = conv._modules.get("max_pool")
         if pool is not None:
             fused_convs.add(id(pool))
             kernel += (f" + {_pool_choice(pool, device, dtype).kernel} (conv2d_max_pool2d: one kernel in CPU "

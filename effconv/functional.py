@@ -69,7 +69,6 @@ def quiet() -> bool:
                 or _backends.recording_active())
 
 
-
 def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int], list[int]]:
     """('same' padding) -> (symmetric part, extra on the bottom/right), as PyTorch pads."""
     sym, extra = [], []

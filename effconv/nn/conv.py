@@ -62,7 +62,7 @@ class Conv2d(nn.Conv2d):
         return functional.conv2d_route(self.in_channels, self.weight.shape, self.groups)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-        pool = self.max_pool
+        pool = self._modules.get("max_pool")  # (None when unset: also for modules pickled before it existed)
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
