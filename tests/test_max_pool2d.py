@@ -135,6 +135,16 @@ def test_max_pool2d_backward_deterministic(gen):
     assert torch.equal(first, second)
 
 
+@pytest.mark.parametrize("k,s,p,d,ceil", [(3, 2, 0, 1, True), (3, 1, 1, 2, False), ((2, 3), (3, 2), (1, 0), 1, True)])
+def test_max_pool2d_large_input(k, s, p, d, ceil, gen):
+    """Inputs beyond 16 MB: the channels_last kernel requests the next output
+    row's input rows ahead; results stay bit-identical to PyTorch's."""
+    x = make_input((2, 64, 190, 180), torch.float32, "channels_last", gen)
+    with torch.no_grad():
+        y = effconv.functional.max_pool2d(x, k, s, p, d, ceil)
+    torch.testing.assert_close(y, F.max_pool2d(x, k, s, p, d, ceil), rtol=0, atol=0)
+
+
 def test_max_pool2d_unbatched_and_module(gen):
     x = torch.randn(4, 11, 10, generator=gen)
     torch.testing.assert_close(effconv.functional.max_pool2d(x, 3, 2, ceil_mode=True),

@@ -410,6 +410,7 @@ struct MaxPoolArgs {
   const T* x = nullptr;
   T* y = nullptr;
   bool planes = false;
+  bool prefetch = false;  // channels_last: request the next output row's new input rows (inputs beyond L3)
   int64_t cs = 1, p0 = 0, p1 = 0;
   Pool2dShape s;
 };
