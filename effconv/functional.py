@@ -47,9 +47,7 @@ def _direct_call_ok(*tensors) -> bool:
     record for autograd, and no tracer, mode or profiler listening. Saves the
     dispatcher and autograd-wrapper round trips (~10 us per call), which
     matter for batch-1 inference of whole networks."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
-        return False
-    if torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled:
+    if _observed():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
@@ -62,11 +60,15 @@ def _direct_call_ok(*tensors) -> bool:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def _observed() -> bool:
+    """A tracer, dispatch or function mode, or the profiler would see an op call."""
+    return (torch.compiler.is_compiling() or bool(torch._C._len_torch_dispatch_stack())
+            or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled)
+
+
 def quiet() -> bool:
-    """Nothing would see an op call: autograd off, no tracer, mode, profiler or explain() recorder."""
-    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-                or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled
-                or _backends.recording_active())
+    """Nothing would see an op call: autograd off, nothing observing, no explain() recorder."""
+    return not (torch.is_grad_enabled() or _observed() or _backends.recording_active())
 
 
 def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int], list[int]]:
@@ -199,11 +201,7 @@ def conv2d_cat_planned(site: Optional[PlanMemo], input, weights, biases, stride,
     memo = None
     if site is not None:
         if direct and not recording:
-            key = (input.shape, input.stride(), input.dtype, input.device,
-                   tuple((w.shape, w.stride(), w.dtype, w.device) for w in weights),
-                   tuple(None if b is None else (b.shape, b.stride(), b.dtype, b.device) for b in biases),
-                   stride, tuple(tuple(p) if isinstance(p, list) else p for p in paddings), dilation, act,
-                   _backends.backend_state())
+            key = _common.call_key((input, *weights, *biases), (stride, *paddings, dilation, act))
             memo = site.call if site.call is not None and site.call[0] == key else None
         else:
             key = site.call = None
@@ -248,6 +246,14 @@ class PlanMemo:
         return type(self), ()
 
 
+def plan_memo(module: torch.nn.Module) -> PlanMemo:
+    """``module``'s PlanMemo (a plain attribute, made on first use)."""
+    memo = module.__dict__.get("_plan_memo")
+    if memo is None:
+        memo = module._plan_memo = PlanMemo()
+    return memo
+
+
 def conv2d_planned(site: PlanMemo, input, weight, bias, stride: tuple, padding: tuple, dilation: tuple, groups: int,
                    scale, shift, activation: str) -> torch.Tensor:
     """conv2d_normalized for a call site that memoises its op's plan in
@@ -262,9 +268,7 @@ def conv2d_planned(site: PlanMemo, input, weight, bias, stride: tuple, padding: 
         site.call = None  # (the memo always describes the last call it served)
         return conv2d_normalized(input, weight, bias, list(stride), list(padding), list(dilation), groups, scale,
                                  shift, activation)
-    key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), weight.dtype,
-           weight.device, None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.device), stride,
-           padding, dilation, groups, activation, _backends.backend_state())
+    key = _common.call_key((input, weight, bias), (stride, padding, dilation, groups, activation))
     memo = site.call
     if memo is None or memo[0] != key:
         stride_, padding_, dilation_ = list(stride), list(padding), list(dilation)

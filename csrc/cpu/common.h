@@ -44,18 +44,27 @@ at::Tensor contiguous_as(const at::Tensor& t) {
 
 // Kernels write in the compute dtype. When the caller's output has another
 // dtype (float16/bfloat16), they write into a twin with the same strides that
-// commit() copies back.
+// commit() copies back; a kernel that needs a dense layout (`format`) also
+// gets a twin when the output is not dense in it.
 class OutBuffer {
  public:
-  OutBuffer(const at::Tensor& out, at::ScalarType ct)
-      : out_(out),
-        work_(out.scalar_type() == ct ? out : at::empty_strided(out.sizes(), out.strides(), out.options().dtype(ct))) {}
+  OutBuffer(const at::Tensor& out, at::ScalarType ct, c10::optional<at::MemoryFormat> format = c10::nullopt)
+      : out_(out), work_(work_for(out, ct, format)) {}
   at::Tensor& work() { return work_; }
   void commit() {
     if (!work_.is_same(out_)) out_.copy_(work_);
   }
 
  private:
+  static at::Tensor work_for(const at::Tensor& out, at::ScalarType ct, c10::optional<at::MemoryFormat> format) {
+    if (format) {
+      return out.scalar_type() == ct && out.is_contiguous(*format)
+                 ? out
+                 : at::empty(out.sizes(), out.options().dtype(ct).memory_format(*format));
+    }
+    return out.scalar_type() == ct ? out : at::empty_strided(out.sizes(), out.strides(), out.options().dtype(ct));
+  }
+
   at::Tensor out_;
   at::Tensor work_;
 };

@@ -570,6 +570,12 @@ bool use_winograd(const Conv2dShape& s) {
          s.N * ceil_div(s.P, 2) * ceil_div(s.Q, 2) * kWinogradWeightPerTile >= s.C * s.K;
 }
 
+// Whether the forward runs the generic indirect GEMM (not Winograd or the
+// grouped-vector kernel, which tile their work their own way).
+bool generic_forward(const Conv2dShape& s, int lanes) {
+  return !use_winograd(s) && !use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes);
+}
+
 // ---------------------------------------------------------------------------
 // The forward into `out`; with `pool`, max_pool2d of the forward into `out`
 // (conv2d_max_pool2d_forward: the generic path only, no statistics).
@@ -590,8 +596,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
     build_forward_rows<T>(s, xp, op, ostride, zeros.data(), m0, rows, a, c);
   };
 
-  TORCH_INTERNAL_ASSERT(!pool || (!stats && !use_winograd(s) && !use_gconv(s.groups, s.cin_per_group(),
-                                                                          s.cout_per_group(), lanes)));
+  TORCH_INTERNAL_ASSERT(!pool || (!stats && generic_forward(s, lanes)));
   if (use_winograd(s)) {
     const int64_t C = s.C;
     with_channel_rows<T>(out, [&](T* o, const int64_t* os) {
@@ -726,7 +731,8 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
   // per-tap check cost 5-12% on 16-channel groups (ResNeXt 512 14², 1024 7²).
   args.zero = !merged && (s.dil_h > 1 || s.dil_w > 1) ? zeros.data() : nullptr;
   args.ncols = Kg;
-  args.c_cstride = pool ? 1 : ok;  // a pooled conv's rows are channels_last in the band buffer
+  const int64_t cs = pool ? 1 : ok;  // a pooled conv's rows are channels_last in the band buffer
+  args.c_cstride = cs;
   args.ep.act = act;
   // Output pixels [m0, m0 + rows): their indirection, then their microkernels for one column split.
   auto build_rows = [&](int64_t m0, int64_t rows, const T** a, T** c) {
@@ -737,31 +743,31 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
       build(m0, rows, a, c);
   };
   auto compute_rows = [&](int64_t m0, int64_t split, int64_t rows, const T** a, T** c) {
-        const int64_t gs = split / psplit, ps = split % psplit;
-        IGemmArgs<T> part = args;
-        if (dense) {
-          part.a_dense = xp + m0 * s.C;
-          part.lda = s.C;
-          part.c_dense = op + m0 * ldc;
-          part.ldc = ldc;
-        } else {
-          part.a = a;
-          part.c = c;
-        }
-        part.m = rows;
-        part.p_begin = ps * npanels / psplit;
-        part.p_end = (ps + 1) * npanels / psplit;
-        for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
-          part.a_off = g * Cg;
-          part.b = wp.data() + g * gstride;
-          part.c_off = g * Kg * ok;
-          part.ep.bias = bias_p.empty() ? nullptr : bias_p.data() + g * kpad;
-          part.ep.scale = scale_p.empty() ? nullptr : scale_p.data() + g * kpad;
-          part.ep.shift = shift_p.empty() ? nullptr : shift_p.data() + g * kpad;
-          part.ep.stat_sum = partials.sum(g * kpad);
-          part.ep.stat_sq = partials.sq(g * kpad);
-          isa.igemm(part);
-        }
+    const int64_t gs = split / psplit, ps = split % psplit;
+    IGemmArgs<T> part = args;
+    if (dense) {
+      part.a_dense = xp + m0 * s.C;
+      part.lda = s.C;
+      part.c_dense = op + m0 * ldc;
+      part.ldc = ldc;
+    } else {
+      part.a = a;
+      part.c = c;
+    }
+    part.m = rows;
+    part.p_begin = ps * npanels / psplit;
+    part.p_end = (ps + 1) * npanels / psplit;
+    for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
+      part.a_off = g * Cg;
+      part.b = wp.data() + g * gstride;
+      part.c_off = g * Kg * cs;
+      part.ep.bias = bias_p.empty() ? nullptr : bias_p.data() + g * kpad;
+      part.ep.scale = scale_p.empty() ? nullptr : scale_p.data() + g * kpad;
+      part.ep.shift = shift_p.empty() ? nullptr : shift_p.data() + g * kpad;
+      part.ep.stat_sum = partials.sum(g * kpad);
+      part.ep.stat_sq = partials.sq(g * kpad);
+      isa.igemm(part);
+    }
   };
   if (pool) {
     pooled_rows<T>(s, *pool, mc, ntaps, gsplit * psplit, build_rows, compute_rows, op);
@@ -1217,16 +1223,27 @@ std::vector<bool> gconv_rows_shape(int64_t C, int64_t K, int64_t R, int64_t S, i
 }
 bool winograd_enabled() { return g_winograd.load(); }
 
+namespace {
+
+// The forward entry points' checks of their inputs; the conv's shape.
+Conv2dShape checked_forward_shape(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  int64_t activation) {
+  EFFCONV_CHECK_CPU(input);
+  EFFCONV_CHECK_CPU(weight);
+  EFFCONV_CHECK_SAME_DTYPE(input, weight);
+  TORCH_CHECK(activation >= 0 && activation < kNumActivations, "unknown activation code ", activation);
+  return make_conv2d_shape(input, weight, stride, padding, dilation, groups);
+}
+
+}  // namespace
+
 void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                     int64_t activation, at::Tensor& out, const c10::optional<at::Tensor>& stats) {
-  EFFCONV_CHECK_CPU(input);
-  EFFCONV_CHECK_CPU(weight);
-  EFFCONV_CHECK_SAME_DTYPE(input, weight);
-  const Conv2dShape s = make_conv2d_shape(input, weight, stride, padding, dilation, groups);
+  const Conv2dShape s = checked_forward_shape(input, weight, stride, padding, dilation, groups, activation);
   EFFCONV_CHECK_SIZES(out, s.N, s.K, s.P, s.Q);
-  TORCH_CHECK(activation >= 0 && activation < kNumActivations, "unknown activation code ", activation);
   if (out.numel() == 0) return;
   const at::ScalarType ct = compute_type(input.scalar_type());
   const at::Tensor x = as_nhwc(input, ct);
@@ -1246,33 +1263,26 @@ void conv2d_max_pool2d_forward(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
                                at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode,
                                at::Tensor& out) {
-  EFFCONV_CHECK_CPU(input);
-  EFFCONV_CHECK_CPU(weight);
-  EFFCONV_CHECK_SAME_DTYPE(input, weight);
-  const Conv2dShape s = make_conv2d_shape(input, weight, stride, padding, dilation, groups);
-  TORCH_CHECK(activation >= 0 && activation < kNumActivations, "unknown activation code ", activation);
+  const Conv2dShape s = checked_forward_shape(input, weight, stride, padding, dilation, groups, activation);
   const Pool2dShape ps =
       make_pool2d_shape(s.N, s.K, s.P, s.Q, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode);
   EFFCONV_CHECK_SIZES(out, s.N, s.K, ps.P, ps.Q);
   if (out.numel() == 0) return;
   const at::ScalarType ct = compute_type(input.scalar_type());
   const at::Tensor x = as_nhwc(input, ct);
-  const int lanes = isa_kernels().vec_bytes / int(at::elementSize(ct));
-  if (use_winograd(s) || use_gconv(s.groups, s.cin_per_group(), s.cout_per_group(), lanes)) {
+  if (!generic_forward(s, isa_kernels().vec_bytes / int(at::elementSize(ct)))) {
     // Paths with their own tiling: the conv's output, then the pool.
     at::Tensor conv = at::empty({s.N, s.K, s.P, s.Q}, out.options().memory_format(at::MemoryFormat::ChannelsLast));
     conv2d_forward(input, weight, bias, scale, shift, stride, padding, dilation, groups, activation, conv);
     max_pool2d_forward(conv, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode, out);
     return;
   }
-  at::Tensor y = out.scalar_type() == ct && out.is_contiguous(at::MemoryFormat::ChannelsLast)
-                     ? out
-                     : at::empty(out.sizes(), out.options().dtype(ct).memory_format(at::MemoryFormat::ChannelsLast));
+  OutBuffer ob(out, ct, at::MemoryFormat::ChannelsLast);  // the band pooling writes channels_last rows
   if (ct == at::kDouble)
-    forward_typed<double>(x, weight, s, bias, scale, shift, int(activation), y, c10::nullopt, &ps);
+    forward_typed<double>(x, weight, s, bias, scale, shift, int(activation), ob.work(), c10::nullopt, &ps);
   else
-    forward_typed<float>(x, weight, s, bias, scale, shift, int(activation), y, c10::nullopt, &ps);
-  if (!y.is_same(out)) out.copy_(y);
+    forward_typed<float>(x, weight, s, bias, scale, shift, int(activation), ob.work(), c10::nullopt, &ps);
+  ob.commit();
 }
 
 void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef stride,

@@ -36,11 +36,8 @@ class Fire(nn.Module):
         x = self.squeeze(x)
         e1, e3 = self.expand1x1, self.expand3x3
         # One output for both branches: in inference each conv writes its half.
-        memo = self.__dict__.get("_plan_memo")
-        if memo is None:
-            memo = self._plan_memo = functional.PlanMemo()
-        return functional.conv2d_cat_planned(memo, x, [e1.weight, e3.weight], [e1.bias, e3.bias], 1,
-                                             [e1.padding, e3.padding], 1, e1.activation)
+        return functional.conv2d_cat_planned(functional.plan_memo(self), x, [e1.weight, e3.weight],
+                                             [e1.bias, e3.bias], 1, [e1.padding, e3.padding], 1, e1.activation)
 
 
 class SqueezeNet(nn.Module):

@@ -71,11 +71,9 @@ class Conv2d(nn.Conv2d):
             if pool is None and input.dim() == 4 and not isinstance(padding, str):
                 # Arguments nn.Conv2d keeps as int pairs need no normalising, and the
                 # last call's plan is kept (batch-1 networks: per-call cost).
-                memo = self.__dict__.get("_plan_memo")
-                if memo is None:
-                    memo = self._plan_memo = functional.PlanMemo()
-                return functional.conv2d_planned(memo, input, weight, bias, self.stride, padding, self.dilation,
-                                                 self.groups, None, None, self.activation or "none")
+                return functional.conv2d_planned(functional.plan_memo(self), input, weight, bias, self.stride,
+                                                 padding, self.dilation, self.groups, None, None,
+                                                 self.activation or "none")
         if pool is not None:
             return functional.conv2d_max_pool2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                                                 activation=self.activation, pool_kernel_size=pool.kernel_size,

@@ -55,68 +55,73 @@ class _FoldCache(functional.PlanMemo):
 
     def fast_call(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str):
         """The last inference call again, when nothing it read has changed:
-        the same fold tensors (identity, version, storage), input metadata,
-        conv arguments and backend request, and nothing listening (autograd,
-        tracers, modes, profiler, explain()). Else None: the caller takes the
-        full path, which refreshes this memo. Batch-1 networks spend more
-        time in per-layer Python than in small layers' kernels."""
+        the fold (its tensors' identity, storage and version; eps; dtype),
+        input and weight metadata, activation, conv arguments and backend
+        request, and nothing listening (autograd, tracers, modes, profiler,
+        explain()). Else None: the caller takes the full path, which
+        refreshes this memo. Batch-1 networks spend more time in per-layer
+        Python than in small layers' kernels."""
         f = self.fast
         if f is None or bn.training or not functional.quiet():
             return None
-        tensors, live, stamps, meta, cargs, backend, run, plan, stride, padding, dilation, groups, scale, shift = f
-        buffers, params, cparams = bn._buffers, bn._parameters, conv._parameters
-        if (cparams["weight"] is not tensors[0] or buffers.get("running_mean") is not tensors[1]
-                or buffers.get("running_var") is not tensors[2] or params.get("weight") is not tensors[3]
-                or params.get("bias") is not tensors[4] or cparams.get("bias") is not tensors[5]):
+        fold = fold_inputs(conv, bn)
+        try:
+            if not self.holds(fold, _stamp(fold, (bn.eps, input.dtype))):
+                return None
+        except RuntimeError:  # inference tensors put in since
             return None
-        weight = tensors[0]
+        meta, cargs, backend, run, plan, stride, padding, dilation = f
+        weight = fold[5]
         if (type(input) is not torch.Tensor
-                or (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), bn.eps,
-                    activation) != meta
+                or (input.shape, input.stride(), input.device, weight.shape, weight.stride(), activation) != meta
                 or (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode) != cargs
-                or _backends.backend_state() != backend
-                or [(t._version, t.data_ptr()) for t in live] != stamps):
+                or _backends.backend_state() != backend):
             return None
-        return run(plan, input, weight, None, stride, padding, dilation, groups, scale, shift)
+        scale, shift = self.value
+        return run(plan, input, weight, None, stride, padding, dilation, conv.groups, scale, shift)
 
     def remember_fast(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str) -> None:
         """Records the call conv2d_planned just made (its memo, which it
-        drops when it does not plan) for fast_call."""
-        memo, value, self.fast = self.call, self.value, None
-        if memo is None or value is None or type(input) is not torch.Tensor:
+        drops when it does not plan) for fast_call, while the fold is held."""
+        memo, self.fast = self.call, None
+        if memo is None or self.tensors is None or type(input) is not torch.Tensor:
             return
         _, fam, plan, stride, padding, dilation = memo
-        buffers, params, cparams = bn._buffers, bn._parameters, conv._parameters
-        tensors = (cparams["weight"], buffers.get("running_mean"), buffers.get("running_var"), params.get("weight"),
-                   params.get("bias"), cparams.get("bias"))
-        live = tuple(t for t in tensors if t is not None)
-        try:
-            stamps = [(t._version, t.data_ptr()) for t in live]
-        except RuntimeError:  # inference tensors: no version counter to watch
-            return
-        weight = tensors[0]
-        self.fast = (tensors, live, stamps,
-                     (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), bn.eps,
-                      activation),
+        weight = conv.weight
+        self.fast = ((input.shape, input.stride(), input.device, weight.shape, weight.stride(), activation),
                      (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode),
-                     _backends.backend_state(), fam.run_plan, plan, stride, padding, dilation, conv.groups, *value)
+                     _backends.backend_state(), fam.run_plan, plan, stride, padding, dilation)
+
+    def holds(self, tensors, state) -> bool:
+        """Whether the fold was computed from exactly these tensors, in this state (see _stamp)."""
+        held = self.tensors
+        return held is not None and self.state == state and all(a is b for a, b in zip(held, tensors))
 
     def get(self, tensors, extra, compute, *args):
         """The cached ``compute(*args)``, recomputed when a tensor or ``extra`` changed."""
-        state = [extra]
         try:
-            for t in tensors:
-                if t is not None:
-                    state += (t.device, t.data_ptr(), t._version)
+            state = _stamp(tensors, extra)
         except RuntimeError:  # inference tensors (a module converted under inference_mode) have no version
             self.tensors, self.state, self.value, self.call, self.fast = None, None, None, None, None
             return compute(*args)
-        held = self.tensors
-        if held is not None and self.state == state and all(a is b for a, b in zip(held, tensors)):
+        if self.holds(tensors, state):
             return self.value
         self.value = compute(*args)
         self.tensors, self.state, self.call, self.fast = tuple(tensors), state, None, None
         return self.value
+
+
+def _stamp(tensors, extra) -> list:
+    """``extra`` and each tensor's device, storage and version (RuntimeError for inference tensors)."""
+    return [extra, *[(t.device, t.data_ptr(), t._version) for t in tensors if t is not None]]
+
+
+def fold_inputs(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple:
+    """What an eval-mode fold reads: running mean and variance, BatchNorm
+    weight and bias, conv bias, and the conv weight it scales."""
+    buffers, params, cparams = bn._buffers, bn._parameters, conv._parameters
+    return (buffers.get("running_mean"), buffers.get("running_var"), params.get("weight"), params.get("bias"),
+            cparams.get("bias"), cparams["weight"])
 
 
 def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str,
@@ -133,11 +138,9 @@ def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, ac
         # Inference (no_grad / inference_mode) with running statistics: the
         # cached fold and one op call, nothing else (batch-1 networks spend
         # more time in per-layer Python than in small layers' kernels).
-        buffers, params = bn._buffers, bn._parameters
-        running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
-        if running_mean is not None and running_var is not None:
-            weight = conv.weight
-            fold = (running_mean, running_var, params.get("weight"), params.get("bias"), conv.bias, weight)
+        fold = fold_inputs(conv, bn)
+        if fold[0] is not None and fold[1] is not None:
+            weight = fold[5]
             scale, shift = cache.get(fold, (bn.eps, input.dtype), functional.fold_batch_norm, *fold[:4], bn.eps,
                                      fold[4], input.dtype)
             # nn.Conv2d keeps stride/dilation (and non-string padding) as int
@@ -168,13 +171,13 @@ def conv_bn_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, ac
     if batch_stats:
         return functional.conv_bn_act2d(input, conv.weight, running_mean, running_var, bn.weight, bn.bias, True,
                                         factor, bn.eps, **args)
-    fold_inputs = (running_mean, running_var, bn.weight, bn.bias, conv.bias)
-    differentiable = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in fold_inputs)
+    folded_from = (running_mean, running_var, bn.weight, bn.bias, conv.bias)
+    differentiable = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in folded_from)
     if cache is None or differentiable or torch.compiler.is_compiling():
         scale, shift = functional.fold_batch_norm(running_mean, running_var, bn.weight, bn.bias, bn.eps, conv.bias,
                                                   input.dtype)
     else:
-        scale, shift = cache.get(fold_inputs, (bn.eps, input.dtype), lambda: functional.fold_batch_norm(
+        scale, shift = cache.get(folded_from, (bn.eps, input.dtype), lambda: functional.fold_batch_norm(
             running_mean, running_var, bn.weight, bn.bias, bn.eps, conv.bias, input.dtype))
     del args["bias"]
     return functional.conv2d(input, conv.weight, None, scale=scale, shift=shift, **args)

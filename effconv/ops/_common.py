@@ -82,12 +82,9 @@ def call_key(tensors, args) -> tuple:
     """Everything an op's checks and routing read from a call: each tensor's
     size, strides, dtype and device (None stays None), the other arguments
     (lists made hashable) and the backend request in force."""
-    key = [backends.requested_backend(), backends.triton_interpreting()]
-    for t in tensors:
-        key.append(None if t is None else (t.shape, t.stride(), t.dtype, t.device))
-    for a in args:
-        key.append(tuple(a) if isinstance(a, list) else a)
-    return tuple(key)
+    return (backends.backend_state(),
+            *[None if t is None else (t.shape, t.stride(), t.dtype, t.device) for t in tensors],
+            *[tuple(a) if isinstance(a, list) else a for a in args])
 
 
 _PLANS_MAX = 4096
