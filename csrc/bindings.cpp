@@ -5,6 +5,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/weight_cache.h"
+#include "snapshot.h"
 #include "ukernel/api.h"
 #ifdef EFFCONV_WITH_CUDA
 #include "cuda/kernels.h"
@@ -43,6 +44,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("empty_pooled_cpu", &effconv::cpu::empty_pooled);
   m.def("empty_pool_cpu", &effconv::cpu::empty_pool);
   m.def("clear_weight_cache_cpu", &effconv::cpu::clear_weight_cache);
+  m.def("dict_tags_supported", &effconv::dict_tags_supported);
+  m.def("dict_tags", &effconv::dict_tags);
+  m.def("tensor_stamps", &effconv::tensor_stamps);
+  m.def("snapshot_holds", &effconv::snapshot_holds);
 
   m.def("cpu_isa", [] { return std::string(effconv::cpu::isa_kernels().name); },
         "Name of the ISA build of the CPU microkernels in use.");

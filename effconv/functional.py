@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import effconv.ops  # noqa: F401  (registers torch.ops.effconv.*)
 from effconv import _ext
 from effconv import backends as _backends
+from effconv import program as _program
 from effconv.ops import _common
 from effconv.ops import conv2d as _conv2d_op
 from effconv.ops import deform_conv2d as _deform_op
@@ -61,9 +62,10 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _observed() -> bool:
-    """A tracer, dispatch or function mode, or the profiler would see an op call."""
+    """A tracer (torch.compile, torch.jit.trace), dispatch or function mode, or the profiler would see an op call."""
     return (torch.compiler.is_compiling() or bool(torch._C._len_torch_dispatch_stack())
-            or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled)
+            or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled
+            or torch._C._get_tracing_state() is not None)
 
 
 def quiet() -> bool:
@@ -222,10 +224,19 @@ def conv2d_cat_planned(site: Optional[PlanMemo], input, weights, biases, stride,
         memo = (None, plans, size, plans[0][1], stride_, paddings_, dilation_)
         if site is not None and not recording:
             site.call = (key, *memo[1:])
+    rec = _program.recorder()
+    if rec is not None and site is not None:
+        weights, biases = tuple(weights), tuple(biases)
+        rec[site] = lambda x: _run_cat(memo, x, weights, biases)
+    return _run_cat(memo, input, weights, biases)
+
+
+def _run_cat(memo, input, weights, biases) -> torch.Tensor:
+    """conv2d_cat_planned's call on its memo: one output, each conv's runner
+    writing its channel range (a strided view)."""
     _, plans, size, memory_format, stride_, paddings_, dilation_ = memo
     out = _common.new_output(size, input, memory_format)
     k0 = 0
-    # Each conv's runner writes its channel range of `out` (a strided view).
     for (size_i, _, _, run, code), w, b, p in zip(plans, weights, biases, paddings_):
         run(input, w, b, None, None, stride_, p, dilation_, 1, code, out.narrow(1, k0, size_i[1]))
         k0 += size_i[1]
@@ -277,6 +288,10 @@ def conv2d_planned(site: PlanMemo, input, weight, bias, stride: tuple, padding: 
         plan = fam.plan(input, weight, bias, stride_, padding_, dilation_, groups, scale, shift, activation)
         memo = site.call = (key, fam, plan, stride_, padding_, dilation_)
     _, fam, plan, stride_, padding_, dilation_ = memo
+    rec = _program.recorder()
+    if rec is not None:
+        rec[site] = _program.conv_step(fam.run_plan, plan, weight, bias, stride_, padding_, dilation_, groups, scale,
+                                       shift)
     return fam.run_plan(plan, input, weight, bias, stride_, padding_, dilation_, groups, scale, shift)
 
 

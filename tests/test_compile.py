@@ -34,3 +34,19 @@ def test_compile_dynamic_shapes():
     for size in (5, 7, 9):
         x = torch.randn(1, 4, size, size + 1)
         assert_close(f(x), conv(x).double(), 36)
+
+
+def test_jit_trace_records_effconv_ops():
+    # Under torch.jit.trace the fast paths (direct kernel calls, captured
+    # programs) step aside: the trace must hold the ops, not constants.
+    import warnings
+
+    import effconv.models
+
+    model = effconv.models.squeezenet1_1(num_classes=10).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64), check_trace=False)
+        assert str(traced.inlined_graph).count("effconv::") >= 26
+        x = torch.randn(2, 3, 48, 48)
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)

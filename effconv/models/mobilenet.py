@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from effconv import program
 from effconv.nn.conv import Conv2d
 from effconv.nn.conv_bn_act import ConvBNAct2d, _FoldCache, conv_bn_forward
 
@@ -67,6 +68,14 @@ class InvertedResidual(nn.Module):
         h = conv_bn_forward(layers[-2], layers[-1], h, "none", self._fold)
         return x + h if self.use_res_connect else h
 
+    def _program_steps(self, builder: program.Builder) -> list:
+        layers = list(self.conv._modules.values())
+        steps = [s for layer in layers[:-2] for s in builder.steps(layer)]
+        last = builder.rec.get(self._fold)
+        if last is None:
+            return [self.forward]
+        return [program.residual(steps + [last])] if self.use_res_connect else steps + [last]
+
 
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, round_nearest: int = 8,
@@ -89,10 +98,11 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
         _init(self)
 
+    def _stages(self) -> tuple:
+        return program.to_channels_last, self.features, program.global_avg_pool, self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x.contiguous(memory_format=torch.channels_last))
-        x = nn.functional.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
-        return self.classifier(x)
+        return program.forward(self, x)
 
 
 class MobileNetV1(nn.Module):
@@ -118,10 +128,11 @@ class MobileNetV1(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(inp, num_classes))
         _init(self)
 
+    def _stages(self) -> tuple:
+        return program.to_channels_last, self.features, program.global_avg_pool, self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x.contiguous(memory_format=torch.channels_last))
-        x = nn.functional.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
-        return self.classifier(x)
+        return program.forward(self, x)
 
 
 def mobilenet_v1(width_mult: float = 1.0, **kwargs) -> MobileNetV1:

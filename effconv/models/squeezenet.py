@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effconv import functional
+from effconv import functional, program
 from effconv.nn.conv import Conv2d
 from effconv.nn.pool import MaxPool2d
 
@@ -38,6 +38,15 @@ class Fire(nn.Module):
         # One output for both branches: in inference each conv writes its half.
         return functional.conv2d_cat_planned(functional.plan_memo(self), x, [e1.weight, e3.weight],
                                              [e1.bias, e3.bias], 1, [e1.padding, e3.padding], 1, e1.activation)
+
+
+    def _program_steps(self, builder: program.Builder) -> list:
+        cat = builder.rec.get(self.__dict__.get("_plan_memo"))
+        return [self.forward] if cat is None else builder.steps(self.squeeze) + [cat]
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(x, 1)
 
 
 class SqueezeNet(nn.Module):
@@ -69,9 +78,11 @@ class SqueezeNet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def _stages(self) -> tuple:
+        return program.to_channels_last, self.features, self.classifier, _flatten
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x.contiguous(memory_format=torch.channels_last))
-        return torch.flatten(self.classifier(x), 1)
+        return program.forward(self, x)
 
 
 def squeezenet1_0(**kwargs) -> SqueezeNet:

@@ -82,6 +82,9 @@ class Conv2d(nn.Conv2d):
         return functional.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                                  activation=self.activation)
 
+    def _program_steps(self, builder) -> list:
+        return [builder.step(self.__dict__.get("_plan_memo"), self)]
+
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s + (f", activation={self.activation}" if self.activation else "")

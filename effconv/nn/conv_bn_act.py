@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effconv import backends as _backends
-from effconv import functional
+from effconv import functional, program
 from effconv.nn.conv import Conv2d
 
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU}
@@ -78,6 +78,10 @@ class _FoldCache(functional.PlanMemo):
                 or _backends.backend_state() != backend):
             return None
         scale, shift = self.value
+        rec = program.recorder()
+        if rec is not None:
+            rec[self] = program.conv_step(run, plan, weight, None, stride, padding, dilation, conv.groups, scale,
+                                          shift)
         return run(plan, input, weight, None, stride, padding, dilation, conv.groups, scale, shift)
 
     def remember_fast(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, input: torch.Tensor, activation: str) -> None:
@@ -230,6 +234,9 @@ class ConvBNAct2d(nn.Sequential):
         act = mods.get("2")
         return conv_bn_forward(mods["0"], mods["1"], input, activation_name(act) if act is not None else "none",
                                self._fold)
+
+    def _program_steps(self, builder: program.Builder) -> list:
+        return [builder.step(self._fold, self)]
 
     @classmethod
     def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None) -> "ConvBNAct2d":

@@ -1,0 +1,197 @@
+"""Captured inference programs: an effconv model's forward replayed as a flat
+list of kernel calls.
+
+At batch 1 most of a network's layers take a few microseconds of kernel
+time, and the Python around each call (module calls, memo checks) costs
+more than in a hot loop: every kernel evicts the interpreter's working set
+from L1/L2. MobileNetV2 (Zen 5) spent ~1.5 of its 4.3-4.6 ms outside the
+kernels, ~0.5 ms of it needed (the classifier, the residual adds).
+
+A model whose ``forward`` is :func:`forward` records, on an inference call
+(autograd off, nothing observing, eval mode, CPU input), the kernel call
+each of its layers made: the layers' fast paths (:func:`recorder`) note
+their plan, weights and folded BatchNorm under their memo. The model's
+stages are then flattened into steps: a recorded layer becomes one closure
+over its plan; a layer with no record (an unplanned path, a foreign module)
+becomes its bound ``forward``, so every step computes what the module
+would. Later calls with the same input metadata and backend request replay
+the steps while a snapshot of the module tree holds: every module's
+``__dict__``, parameters, buffers, children and forward hooks unchanged
+(their dicts' PEP 509 version tags, so CPython 3.11) and every parameter's
+and buffer's version and storage, checked in one C++ call
+(csrc/snapshot.cpp). Anything else takes the modules' own path: training,
+autograd, torch.compile, explain() recording, hooks, shared modules,
+inference-tensor parameters, Python >= 3.12.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as _module
+
+from effconv import _ext
+from effconv import backends as _backends
+from effconv import functional
+
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+_local = threading.local()
+
+
+def recorder() -> Optional[dict]:
+    """The records of the capture running on this thread (memo -> step), or None."""
+    return getattr(_local, "rec", None)
+
+
+def conv_step(run, plan, weight, bias, stride, padding, dilation, groups, scale, shift) -> Step:
+    """A recorded conv call: ``run(plan, x, ...)`` (an op family's run_plan) on a new input."""
+    return lambda x: run(plan, x, weight, bias, stride, padding, dilation, groups, scale, shift)
+
+
+def residual(steps: list) -> Step:
+    """``x + steps(x)`` (an inverted residual block)."""
+    def run(x):
+        h = x
+        for step in steps:
+            h = step(h)
+        return x + h
+    return run
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """adaptive_avg_pool2d to 1x1, flattened to (N, C)."""
+    return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
+
+
+class _Shared(Exception):
+    """A module reached twice: its memo describes only its last call."""
+
+
+class Builder:
+    """Flattens modules into steps from a capture's records."""
+
+    def __init__(self, rec: dict):
+        self.rec, self._seen = rec, set()
+
+    def steps(self, module) -> list:
+        if not isinstance(module, nn.Module):
+            return [module]
+        if id(module) in self._seen:
+            raise _Shared
+        self._seen.add(id(module))
+        kind = type(module)
+        build = _builder_of(kind)
+        if build is not None:
+            return build(module, self)
+        if kind is nn.Sequential:
+            return [s for child in module._modules.values() for s in self.steps(child)]
+        if kind is nn.Identity or (kind is nn.Dropout and not module.training):
+            return []
+        return [module.forward]
+
+    def step(self, memo, module) -> Step:
+        """``memo``'s recorded step, else ``module.forward``."""
+        step = self.rec.get(memo) if memo is not None else None
+        return step if step is not None else module.forward
+
+
+def _builder_of(kind: type):
+    """``kind._program_steps`` when ``kind`` computes what the class that
+    defines it does (a subclass overriding the forward gets none)."""
+    owner = next((k for k in kind.__mro__ if "_program_steps" in k.__dict__), None)
+    if owner is None or any(getattr(kind, name, None) is not getattr(owner, name, None)
+                            for name in ("forward", "_conv_forward")):
+        return None
+    return owner.__dict__["_program_steps"]
+
+
+class Program:
+    """A capture: its steps (None: this model state cannot be captured) and
+    what they assume (input metadata, backend request, the snapshot)."""
+
+    __slots__ = ("steps", "meta", "backend", "dicts", "tags", "tensors", "stamps")
+
+    def holds(self) -> bool:
+        return _ext.C().snapshot_holds(self.dicts, self.tags, self.tensors, self.stamps)
+
+
+class ProgramMemo:
+    """A model's last capture. Pickled and copied empty, like PlanMemo."""
+
+    __slots__ = ("program",)
+
+    def __init__(self):
+        self.program = None
+
+    def __reduce__(self):
+        return type(self), ()
+
+
+_GLOBAL_HOOKS = (_module._global_forward_hooks, _module._global_forward_pre_hooks)
+
+
+def _run_stages(model, x):
+    for stage in model._stages():
+        x = stage(x)
+    return x
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s forward: its ``_stages()`` applied in turn, replayed from
+    a capture when one holds (see the module docstring)."""
+    if not functional.quiet() or getattr(_local, "rec", None) is not None:
+        return _run_stages(model, x)
+    memo = model.__dict__.get("_program")
+    prog = memo.program if memo is not None else None
+    if (prog is not None and type(x) is torch.Tensor and prog.meta == (x.shape, x.stride(), x.dtype, x.device)
+            and prog.backend == _backends.backend_state() and prog.holds()):
+        if prog.steps is None:
+            return _run_stages(model, x)
+        for step in prog.steps:
+            x = step(x)
+        return x
+    if (model.training or type(x) is not torch.Tensor or x.device.type != "cpu" or not _ext.available()
+            or not _ext.C().dict_tags_supported()):
+        return _run_stages(model, x)
+    if memo is None:
+        memo = model._program = ProgramMemo()
+    memo.program = None
+    _local.rec = rec = {}
+    try:
+        out = _run_stages(model, x)
+    finally:
+        _local.rec = None
+    memo.program = _capture(model, x, rec)
+    return out
+
+
+def _capture(model: nn.Module, x: torch.Tensor, rec: dict) -> Program:
+    dicts, tensors, capturable = list(_GLOBAL_HOOKS), [], not any(_GLOBAL_HOOKS)
+    for m in model.modules():
+        hooks = (m._forward_hooks, m._forward_pre_hooks)
+        capturable = capturable and not any(hooks)
+        dicts += [m.__dict__, m._parameters, m._buffers, m._modules, *hooks]
+        tensors += [t for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+    prog = Program()
+    prog.meta, prog.backend = (x.shape, x.stride(), x.dtype, x.device), _backends.backend_state()
+    prog.steps = None
+    if capturable and not any(t.is_inference() for t in tensors):
+        try:
+            builder = Builder(rec)
+            prog.steps = [s for stage in model._stages() for s in builder.steps(stage)]
+        except _Shared:
+            pass
+    if prog.steps is None:
+        # What makes a model uncapturable lives in the dicts alone.
+        tensors = []
+    C = _ext.C()
+    prog.dicts, prog.tags, prog.tensors, prog.stamps = dicts, C.dict_tags(dicts), tensors, C.tensor_stamps(tensors)
+    return prog
