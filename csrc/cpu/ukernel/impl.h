@@ -176,6 +176,33 @@ inline vec_t<T> apply_epilogue(vec_t<T> z, const EpilogueArgs<T>& ep, int64_t co
   return activate<T>(z, ep.act);
 }
 
+// apply_epilogue for one vector of columns with its operands loaded once:
+// stores through the output may alias them as far as the compiler knows, so
+// a loop calling apply_epilogue per pixel reloads the operand pointers and
+// vectors and re-tests which exist for every pixel (the direct depthwise
+// row's stores took as many instructions as its multiply-adds).
+template <typename T>
+struct ColumnEpilogue {
+  vec_t<T> bias{}, scale{}, shift{};
+  bool has_bias, has_scale, has_shift;
+  int act;
+
+  ColumnEpilogue(const EpilogueArgs<T>& ep, int64_t col)
+      : has_bias(ep.bias != nullptr), has_scale(ep.scale != nullptr), has_shift(ep.shift != nullptr), act(ep.act) {
+    if (has_bias) bias = vload(ep.bias + col);
+    if (has_scale) scale = vload(ep.scale + col);
+    if (has_shift) shift = vload(ep.shift + col);
+  }
+
+  // The same operations, in the same order, as apply_epilogue.
+  vec_t<T> operator()(vec_t<T> z) const {
+    if (has_bias) z += bias;
+    if (has_scale) z *= scale;
+    if (has_shift) z += shift;
+    return activate<T>(z, act);
+  }
+};
+
 // Adds the first n lanes of per-column partial sums to the epilogue's
 // batch-statistics arrays (double: sums over millions of pixels).
 template <typename T>
@@ -1036,24 +1063,30 @@ inline void dwrow_store(const DwRowArgs<T>& g, const vec_t<T> (&acc)[QB][NVC], i
   V ssum[NVC], ssq[NVC];
 #pragma GCC unroll 8
   for (int v = 0; v < NVC; ++v) ssum[v] = ssq[v] = V{};
-#pragma GCC unroll 16
-  for (int j = 0; j < QB; ++j) {
-    if (CHECK && j >= qv) break;
+  T* const out = g.out + q0 * g.out_ps + c0;
+  const int64_t ps = g.out_ps;
+  const bool stream = g.stream, stats = g.ep.stat_sum != nullptr;
 #pragma GCC unroll 8
-    for (int v = 0; v < NVC; ++v) {
-      T* dst = g.out + (q0 + j) * g.out_ps + c0 + v * L;
-      const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
-      ssum[v] += z;
-      ssq[v] += z * z;
+  for (int v = 0; v < NVC; ++v) {
+    const ColumnEpilogue<T> ep(g.ep, c0 + v * L);
+#pragma GCC unroll 16
+    for (int j = 0; j < QB; ++j) {
+      if (CHECK && j >= qv) break;
+      T* dst = out + j * ps + v * L;
+      const V z = ep(acc[j][v]);
+      if (stats) {
+        ssum[v] += z;
+        ssq[v] += z * z;
+      }
       if (!FULL)
         vstore_n(dst, z, nlast);
-      else if (g.stream)
+      else if (stream)
         vstream(dst, z);
       else
         vstore(dst, z);
     }
   }
-  if (g.ep.stat_sum)
+  if (stats)
     for (int v = 0; v < NVC; ++v) add_stats(g.ep, c0 + v * L, ssum[v], ssq[v], FULL ? L : nlast);
 }
 
