@@ -100,6 +100,13 @@ def _static(module: nn.Module, device: torch.device | None, dtype: torch.dtype |
         choice = backends.choose(table, device or conv.weight.device, dtype or conv.weight.dtype, lambda: kernel,
                                  record=False)
         rows.append(_row(name or type(m).__name__, choice))
+    from effconv import program
+
+    captured = program.describe(module)
+    if captured is not None:
+        rows.append({"where": type(module).__name__, "op": "program", "backend": "cpu", "kernel": captured,
+                     "reason": "eval-mode inference calls replay the last call's kernel calls while nothing they "
+                               "read has changed (effconv.program)", "fallback": "no"})
     return Explanation(rows)
 
 

@@ -22,9 +22,14 @@ and buffer's version and storage, checked in one C++ call
 (csrc/snapshot.cpp). Anything else takes the modules' own path: training,
 autograd, torch.compile, explain() recording, hooks, shared modules,
 inference-tensor parameters, Python >= 3.12.
+
+``EFFCONV_PROGRAMS=0`` in the environment (read at import) or
+``set_enabled(False)`` turns capture and replay off: every call takes the
+modules' path. ``explain(model)`` reports a model's capture.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable, Optional
 
@@ -40,6 +45,14 @@ from effconv import functional
 Step = Callable[[torch.Tensor], torch.Tensor]
 
 _local = threading.local()
+_enabled = os.environ.get("EFFCONV_PROGRAMS", "1") != "0"
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Turns capture and replay on or off (all threads); returns the previous setting."""
+    global _enabled
+    old, _enabled = _enabled, bool(enabled)
+    return old
 
 
 def recorder() -> Optional[dict]:
@@ -79,7 +92,7 @@ class Builder:
     """Flattens modules into steps from a capture's records."""
 
     def __init__(self, rec: dict):
-        self.rec, self._seen = rec, set()
+        self.rec, self._seen, self.recorded, self.forwards = rec, set(), 0, 0
 
     def steps(self, module) -> list:
         if not isinstance(module, nn.Module):
@@ -95,12 +108,22 @@ class Builder:
             return [s for child in module._modules.values() for s in self.steps(child)]
         if kind is nn.Identity or (kind is nn.Dropout and not module.training):
             return []
+        self.forwards += 1
         return [module.forward]
+
+    def record(self, memo) -> Optional[Step]:
+        """The step recorded under ``memo`` in the capture, or None."""
+        step = self.rec.get(memo) if memo is not None else None
+        self.recorded += step is not None
+        return step
 
     def step(self, memo, module) -> Step:
         """``memo``'s recorded step, else ``module.forward``."""
-        step = self.rec.get(memo) if memo is not None else None
-        return step if step is not None else module.forward
+        step = self.record(memo)
+        if step is None:
+            self.forwards += 1
+            return module.forward
+        return step
 
 
 def _builder_of(kind: type):
@@ -117,10 +140,29 @@ class Program:
     """A capture: its steps (None: this model state cannot be captured) and
     what they assume (input metadata, backend request, the snapshot)."""
 
-    __slots__ = ("steps", "meta", "backend", "dicts", "tags", "tensors", "stamps")
+    __slots__ = ("steps", "meta", "backend", "dicts", "tags", "tensors", "stamps", "counts")
 
     def holds(self) -> bool:
         return _ext.C().snapshot_holds(self.dicts, self.tags, self.tensors, self.stamps)
+
+    def describe(self) -> str:
+        if self.steps is None:
+            return "not capturable in its present state (hooks, a module used twice or inference-tensor parameters)"
+        recorded, forwards = self.counts
+        return (f"{recorded} recorded kernel calls and {forwards} module forwards for input {list(self.meta[0])} "
+                f"{self.meta[2]}")
+
+
+def describe(model: nn.Module) -> Optional[str]:
+    """What ``model``'s inference calls replay, or None when its forward is not :func:`forward`."""
+    if getattr(type(model), "_stages", None) is None:
+        return None
+    if not _enabled:
+        return "off (EFFCONV_PROGRAMS=0 or set_enabled(False)): every call runs the modules"
+    memo = model.__dict__.get("_program")
+    if memo is None or memo.program is None:
+        return "none captured yet: the next eval-mode inference call on CPU records one"
+    return memo.program.describe()
 
 
 class ProgramMemo:
@@ -147,7 +189,7 @@ def _run_stages(model, x):
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model``'s forward: its ``_stages()`` applied in turn, replayed from
     a capture when one holds (see the module docstring)."""
-    if not functional.quiet() or getattr(_local, "rec", None) is not None:
+    if not _enabled or not functional.quiet() or getattr(_local, "rec", None) is not None:
         return _run_stages(model, x)
     memo = model.__dict__.get("_program")
     prog = memo.program if memo is not None else None
@@ -182,11 +224,12 @@ def _capture(model: nn.Module, x: torch.Tensor, rec: dict) -> Program:
         tensors += [t for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
     prog = Program()
     prog.meta, prog.backend = (x.shape, x.stride(), x.dtype, x.device), _backends.backend_state()
-    prog.steps = None
+    prog.steps, prog.counts = None, (0, 0)
     if capturable and not any(t.is_inference() for t in tensors):
         try:
             builder = Builder(rec)
             prog.steps = [s for stage in model._stages() for s in builder.steps(stage)]
+            prog.counts = builder.recorded, builder.forwards
         except _Shared:
             pass
     if prog.steps is None:

@@ -284,3 +284,26 @@ def test_snapshot_check():
     assert not C.snapshot_holds(dicts, tags, [inf], stamps[:1])
     with pytest.raises(RuntimeError, match="expected dicts"):
         C.dict_tags([d, [1]])
+
+
+def test_switch_and_explain(runs):
+    model = _model("mobilenet_v2")
+    x = torch.randn(1, 3, 64, 64)
+    assert "none captured yet" in program.describe(model)
+    with torch.inference_mode():
+        model(x)
+    assert program.describe(model).startswith("52 recorded kernel calls and 1 module forwards")
+    row = [r for r in effconv.explain(model) if r["op"] == "program"]
+    assert len(row) == 1 and row[0]["kernel"] == program.describe(model)
+    old = program.set_enabled(False)
+    try:
+        assert "off" in program.describe(model)
+        runs.clear()
+        with torch.inference_mode():
+            out = model(x)
+            model(x)
+        assert len(runs) == 2  # every call ran the modules
+    finally:
+        program.set_enabled(old)
+    torch.testing.assert_close(out, _reference(model, x), rtol=0, atol=0)
+    assert program.describe(nn.Sequential()) is None

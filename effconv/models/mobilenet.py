@@ -71,7 +71,7 @@ class InvertedResidual(nn.Module):
     def _program_steps(self, builder: program.Builder) -> list:
         layers = list(self.conv._modules.values())
         steps = [s for layer in layers[:-2] for s in builder.steps(layer)]
-        last = builder.rec.get(self._fold)
+        last = builder.record(self._fold)
         if last is None:
             return [self.forward]
         return [program.residual(steps + [last])] if self.use_res_connect else steps + [last]

@@ -41,7 +41,7 @@ class Fire(nn.Module):
 
 
     def _program_steps(self, builder: program.Builder) -> list:
-        cat = builder.rec.get(self.__dict__.get("_plan_memo"))
+        cat = builder.record(self.__dict__.get("_plan_memo"))
         return [self.forward] if cat is None else builder.steps(self.squeeze) + [cat]
 
 
