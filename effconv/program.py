@@ -108,6 +108,10 @@ class Builder:
             return [s for child in module._modules.values() for s in self.steps(child)]
         if kind is nn.Identity or (kind is nn.Dropout and not module.training):
             return []
+        return self.forward(module)
+
+    def forward(self, module: nn.Module) -> list:
+        """``module`` as one step: its own forward (hooks are absent, see _capture)."""
         self.forwards += 1
         return [module.forward]
 
@@ -117,13 +121,10 @@ class Builder:
         self.recorded += step is not None
         return step
 
-    def step(self, memo, module) -> Step:
+    def step(self, memo, module) -> list:
         """``memo``'s recorded step, else ``module.forward``."""
         step = self.record(memo)
-        if step is None:
-            self.forwards += 1
-            return module.forward
-        return step
+        return [step] if step is not None else self.forward(module)
 
 
 def _builder_of(kind: type):

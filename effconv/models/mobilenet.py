@@ -69,12 +69,12 @@ class InvertedResidual(nn.Module):
         return x + h if self.use_res_connect else h
 
     def _program_steps(self, builder: program.Builder) -> list:
-        layers = list(self.conv._modules.values())
-        steps = [s for layer in layers[:-2] for s in builder.steps(layer)]
         last = builder.record(self._fold)
         if last is None:
-            return [self.forward]
-        return [program.residual(steps + [last])] if self.use_res_connect else steps + [last]
+            return builder.forward(self)
+        layers = list(self.conv._modules.values())
+        steps = [s for layer in layers[:-2] for s in builder.steps(layer)] + [last]
+        return [program.residual(steps)] if self.use_res_connect else steps
 
 
 class MobileNetV2(nn.Module):

@@ -42,7 +42,7 @@ class Fire(nn.Module):
 
     def _program_steps(self, builder: program.Builder) -> list:
         cat = builder.record(self.__dict__.get("_plan_memo"))
-        return [self.forward] if cat is None else builder.steps(self.squeeze) + [cat]
+        return builder.forward(self) if cat is None else builder.steps(self.squeeze) + [cat]
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:

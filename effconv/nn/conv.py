@@ -83,7 +83,7 @@ class Conv2d(nn.Conv2d):
                                  activation=self.activation)
 
     def _program_steps(self, builder) -> list:
-        return [builder.step(self.__dict__.get("_plan_memo"), self)]
+        return builder.step(self.__dict__.get("_plan_memo"), self)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

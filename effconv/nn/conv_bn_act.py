@@ -236,7 +236,7 @@ class ConvBNAct2d(nn.Sequential):
                                self._fold)
 
     def _program_steps(self, builder: program.Builder) -> list:
-        return [builder.step(self._fold, self)]
+        return builder.step(self._fold, self)
 
     @classmethod
     def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None) -> "ConvBNAct2d":
