@@ -307,3 +307,28 @@ def test_switch_and_explain(runs):
         program.set_enabled(old)
     torch.testing.assert_close(out, _reference(model, x), rtol=0, atol=0)
     assert program.describe(nn.Sequential()) is None
+
+
+def test_threads_share_a_model():
+    # Captures record on their own thread; a replay checks its input first.
+    import threading
+
+    model = _model("squeezenet1_1")
+    inputs = [torch.randn(1, 3, 64, 64), torch.randn(2, 3, 48, 48)]
+    refs = [_reference(model, x) for x in inputs]
+    errors = []
+
+    def work(i):
+        try:
+            with torch.inference_mode():
+                for _ in range(15):
+                    torch.testing.assert_close(model(inputs[i]), refs[i], rtol=0, atol=0)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1, 0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
