@@ -39,7 +39,6 @@ class Fire(nn.Module):
         return functional.conv2d_cat_planned(functional.plan_memo(self), x, [e1.weight, e3.weight],
                                              [e1.bias, e3.bias], 1, [e1.padding, e3.padding], 1, e1.activation)
 
-
     def _program_steps(self, builder: program.Builder) -> list:
         cat = builder.record(self.__dict__.get("_plan_memo"))
         return builder.forward(self) if cat is None else builder.steps(self.squeeze) + [cat]
