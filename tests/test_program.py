@@ -332,3 +332,33 @@ def test_threads_share_a_model():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_capture_backs_off_when_never_replayed(monkeypatch):
+    # A model changed before every call would pay a capture per call; after
+    # two unreplayed captures the calls between tries double.
+    captures = []
+    real = program._capture
+
+    def spy(*args):
+        captures.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(program, "_capture", spy)
+    model = _model("mobilenet_v1")
+    bn = model.features[0][1]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        for _ in range(20):
+            with torch.no_grad():
+                bn.running_var.add_(0.01)
+            torch.testing.assert_close(model(x), _reference(model, x), rtol=0, atol=0)
+        assert len(captures) == 4  # calls 1, 2, 8 and 18
+        assert program.describe(model).startswith("backed off: 4 captures")
+        # Once the model stops changing, a capture is replayed and the back-off ends.
+        for _ in range(40):
+            out = model(x)
+        n, replays = len(captures), model._program.replays
+        model(x)
+        assert len(captures) == n and model._program.replays == replays + 1
+        torch.testing.assert_close(out, _reference(model, x), rtol=0, atol=0)
