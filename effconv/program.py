@@ -39,8 +39,8 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from effconv import _ext
-from effconv import backends as _backends
 from effconv import functional
+from effconv.ops import _common
 
 Step = Callable[[torch.Tensor], torch.Tensor]
 
@@ -139,9 +139,10 @@ def _builder_of(kind: type):
 
 class Program:
     """A capture: its steps (None: this model state cannot be captured) and
-    what they assume (input metadata, backend request, the snapshot)."""
+    what they assume (``key``: the input's metadata and the backend request,
+    as an op's plan key has them; the snapshot)."""
 
-    __slots__ = ("steps", "meta", "backend", "dicts", "tags", "tensors", "stamps", "counts")
+    __slots__ = ("steps", "key", "dicts", "tags", "tensors", "stamps", "counts")
 
     def holds(self) -> bool:
         return _ext.C().snapshot_holds(self.dicts, self.tags, self.tensors, self.stamps)
@@ -150,8 +151,8 @@ class Program:
         if self.steps is None:
             return "not capturable in its present state (hooks, a module used twice or inference-tensor parameters)"
         recorded, forwards = self.counts
-        return (f"{recorded} recorded kernel calls and {forwards} module forwards for input {list(self.meta[0])} "
-                f"{self.meta[2]}")
+        shape, _, dtype, _ = self.key[1]
+        return f"{recorded} recorded kernel calls and {forwards} module forwards for input {list(shape)} {dtype}"
 
 
 def describe(model: nn.Module) -> Optional[str]:
@@ -216,8 +217,7 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _run_stages(model, x)
     memo = model.__dict__.get("_program")
     prog = memo.program if memo is not None else None
-    if (prog is not None and type(x) is torch.Tensor and prog.meta == (x.shape, x.stride(), x.dtype, x.device)
-            and prog.backend == _backends.backend_state() and prog.holds()):
+    if prog is not None and type(x) is torch.Tensor and prog.key == _common.call_key((x,), ()) and prog.holds():
         memo.replays += 1
         if prog.steps is None:
             return _run_stages(model, x)
@@ -248,7 +248,7 @@ def _capture(model: nn.Module, x: torch.Tensor, rec: dict) -> Program:
         dicts += [m.__dict__, m._parameters, m._buffers, m._modules, *hooks]
         tensors += [t for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
     prog = Program()
-    prog.meta, prog.backend = (x.shape, x.stride(), x.dtype, x.device), _backends.backend_state()
+    prog.key = _common.call_key((x,), ())
     prog.steps, prog.counts = None, (0, 0)
     if capturable and not any(t.is_inference() for t in tensors):
         try:
