@@ -27,7 +27,10 @@ DW_CASES = [
     dw("dw3x3_same", 2, 32, 10, 13, 3, 3, padding="same"),
     dw("dw4x4_same_even", 1, 16, 9, 10, 4, 4, padding="same"),
     dw("dw3x3_batch0", 0, 32, 9, 11, 3, 3, padding=1),
-    dw("dw3x3_big_plane", 1, 16, 40, 40, 3, 3, padding=1),  # NCHW plane path (>= 1024 outputs)
+    dw("dw3x3_big_plane", 1, 16, 40, 40, 3, 3, padding=1),
+    # NCHW planes beyond the blocked path's tiles (> 1 MiB with AVX-512) run plane by plane.
+    dw("dw3x3_plane_path", 1, 3, 100, 90, 3, 3, padding=1),
+    dw("dw5x5_s2_plane_path", 1, 2, 150, 120, 5, 5, stride=2, padding=2),
     dw("dw3x3_s2_big_plane", 1, 16, 70, 66, 3, 3, stride=2, padding=1),
     # grad_input by residue class: input pixels no tap reaches (stride > kernel), mixed strides.
     dw("dw1x1_s3", 1, 16, 8, 10, 1, 1, stride=3),

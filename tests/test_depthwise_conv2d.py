@@ -28,7 +28,8 @@ def test_depthwise_fp64(case, layout, gen):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", [DW_BY_NAME[n].param() for n in
-                                  ("dw3x3", "dw3x3_s2", "dw7x7", "dw3x3_mult2", "dw3x3_big_plane")])
+                                  ("dw3x3", "dw3x3_s2", "dw7x7", "dw3x3_mult2", "dw3x3_big_plane",
+                                   "dw3x3_plane_path")])
 def test_depthwise_low_precision(case, layout, dtype, gen):
     run_case(case, dtype, layout, gen=gen)
     # With a scale the backward recomputes the pre-activation: at fp32, as the
@@ -40,7 +41,7 @@ def test_depthwise_low_precision(case, layout, dtype, gen):
 @pytest.mark.parametrize("activation", ["relu", "relu6", "silu"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_depthwise_epilogue(layout, activation, gen):
-    for name in ("dw3x3_s2", "dw3x3_odd_channels", "dw3x3_big_plane"):
+    for name in ("dw3x3_s2", "dw3x3_odd_channels", "dw3x3_big_plane", "dw3x3_plane_path"):
         run_case(DW_BY_NAME[name], torch.float32, layout, gen=gen, activation=activation, epilogue=True)
 
 

@@ -7,11 +7,18 @@
 //     grad_input is the same kernel over the transposed pixel map; the
 //     weight gradient reduces per thread into private partials summed in
 //     a fixed order (deterministic).
-//   NCHW (or any other layout): vectorised along W. Each band of output rows
-//     copies its input rows once into zero-padded stride-phase rows (in fp32
-//     or fp64, whatever the storage dtype), so every tap of every stride and
-//     dilation is a contiguous vector load and no full-tensor conversion
-//     exists even for fp16/bf16 inputs past 2^31 elements.
+//   NCHW (or any other layout), planes up to ~112x112 (stride 2): blocked.
+//     Per image and block of one vector of channels, the planes are
+//     transposed into a channels_last tile in L1/L2 (in registers when
+//     dense), run through the channels_last kernels and transposed back:
+//     forward, stride-1 grad_input (the forward on the flipped kernel) and
+//     the weight gradient, with no whole-tensor layout change.
+//   NCHW, larger planes (and channel multipliers): vectorised along W. Each
+//     band of output rows copies its input rows once into zero-padded
+//     stride-phase rows (in fp32 or fp64, whatever the storage dtype), so
+//     every tap of every stride and dilation is a contiguous vector load and
+//     no full-tensor conversion exists even for fp16/bf16 inputs past 2^31
+//     elements.
 //   Channel multiplier > 1 runs conv2d's group-vectorised kernels
 //   (groups = C, one input channel per group).
 #include <ATen/ATen.h>
@@ -58,43 +65,68 @@ void build_forward_row(const Conv2dShape& s, const T* xp, const T* zero, int64_t
   }
 }
 
+// The channels_last row kernel's packed operands for a forward of shape s
+// (weights [tap][cpad], epilogue vectors padded to cpad) and its row
+// arguments for rows of `channels` channels (C, or one block of L for the
+// blocked NCHW path) starting at channel c_first, outputs out_ps apart.
+template <typename T>
+struct RowForward {
+  int64_t cpad;
+  std::vector<T> w, bias, scale, shift;
+  DwRowArgs<T> args;
+
+  RowForward(const Conv2dShape& s, int64_t L, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_,
+             const c10::optional<at::Tensor>& scale_, const c10::optional<at::Tensor>& shift_, int act)
+      : cpad(ceil_div(s.C, L) * L),
+        w(pack_depthwise_weight<T>(weight, s.taps(), cpad)),
+        bias(padded_channel_vector<T>(bias_, 1, s.C, cpad, T(0))),
+        scale(padded_channel_vector<T>(scale_, 1, s.C, cpad, T(1))),
+        shift(padded_channel_vector<T>(shift_, 1, s.C, cpad, T(0))) {
+    args.R = s.R;
+    args.S = s.S;
+    args.W = s.W;
+    args.Q = s.Q;
+    args.stride = s.stride_w;
+    args.pad = s.pad_w;
+    args.dil = s.dil_w;
+    conv_interior(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w, &args.q_lo, &args.q_hi);
+    args.cpad = cpad;
+    args.ep.act = act;
+    // Kernel row r reads input row p * stride + r * dil - pad; rows the previous
+    // output row did not read are r * dil > (R - 1) * dil - stride.
+    args.fresh_from = 0;
+    while (args.fresh_from < s.R && args.fresh_from * s.dil_h <= (s.R - 1) * s.dil_h - s.stride_h)
+      ++args.fresh_from;
+  }
+
+  // Row arguments for `channels` channels from c_first on.
+  DwRowArgs<T> channels(int64_t c_first, int64_t channels_, int64_t out_ps) const {
+    DwRowArgs<T> a = args;
+    a.C = channels_;
+    a.out_ps = out_ps;
+    a.w = w.data() + c_first;
+    a.ep.bias = bias.empty() ? nullptr : bias.data() + c_first;
+    a.ep.scale = scale.empty() ? nullptr : scale.data() + c_first;
+    a.ep.shift = shift.empty() ? nullptr : shift.data() + c_first;
+    return a;
+  }
+};
+
 template <typename T>
 void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                   const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
                   const c10::optional<at::Tensor>& stats = c10::nullopt) {
   const IsaKernels& isa = isa_kernels();
-  const int64_t L = isa.lanes<T>(), RS = s.taps(), C = s.C, cpad = ceil_div(C, L) * L;
-  const std::vector<T> wp = pack_depthwise_weight<T>(weight, RS, cpad);
-  const std::vector<T> bias_p = padded_channel_vector<T>(bias, 1, C, cpad, T(0));
-  const std::vector<T> scale_p = padded_channel_vector<T>(scale, 1, C, cpad, T(1));
-  const std::vector<T> shift_p = padded_channel_vector<T>(shift, 1, C, cpad, T(0));
+  const RowForward<T> fwd(s, isa.lanes<T>(), weight, bias, scale, shift, act);
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const int64_t on = out.stride(0), oh = out.stride(2), ow = out.stride(3);
-  DwRowArgs<T> args;
-  args.R = s.R;
-  args.S = s.S;
-  args.W = s.W;
-  args.Q = s.Q;
-  args.C = C;
-  args.stride = s.stride_w;
-  args.pad = s.pad_w;
-  args.dil = s.dil_w;
-  conv_interior(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w, &args.q_lo, &args.q_hi);
-  args.w = wp.data();
-  args.cpad = cpad;
-  args.out_ps = ow;
+  DwRowArgs<T> args = fwd.channels(0, s.C, ow);
   // Outputs beyond the caches are streamed past them (no read-for-ownership).
   args.stream = out.numel() * int64_t(sizeof(T)) > (8 << 20) && (ow * int64_t(sizeof(T))) % 64 == 0 &&
                 reinterpret_cast<uintptr_t>(op) % 64 == 0;
-  args.ep = {bias_p.empty() ? nullptr : bias_p.data(), scale_p.empty() ? nullptr : scale_p.data(),
-             shift_p.empty() ? nullptr : shift_p.data(), act};
-  // Kernel row r reads input row p * stride + r * dil - pad; rows the previous
-  // output row did not read are r * dil > (R - 1) * dil - stride.
-  args.fresh_from = 0;
-  while (args.fresh_from < s.R && args.fresh_from * s.dil_h <= (s.R - 1) * s.dil_h - s.stride_h) ++args.fresh_from;
-  StatsPartials partials(stats, cpad);
+  StatsPartials partials(stats, fwd.cpad);
   at::parallel_for(0, s.N * s.P, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> rows(s.R);
     DwRowArgs<T> row = args;
@@ -108,7 +140,145 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dSha
       isa.dwrow(row);
     }
   });
-  partials.finish(C, [](int64_t k) { return k; });
+  partials.finish(s.C, [](int64_t k) { return k; });
+}
+
+// The planes of one (n, block of L channels) of an NCHW (or any-layout)
+// tensor and a channels_last tile of them: tile[(h * W + w) * L + c] is
+// plane c0 + c at (h, w). Dense planes in the compute dtype go through the
+// tile kernel (L x L transposes in registers), others element by element.
+template <typename S, typename T>
+class PlaneTiles {
+  static constexpr bool kSame = std::is_same_v<std::remove_const_t<S>, T>;
+
+ public:
+  // S: the tensor's element type (const for an input).
+  PlaneTiles(const at::Tensor& t, int64_t L)
+      : p_(static_cast<S*>(t.data_ptr())), sn_(t.stride(0)), sc_(t.stride(1)), sh_(t.stride(2)),
+        sw_(t.stride(3)), C_(t.size(1)), H_(t.size(2)), W_(t.size(3)), L_(L), dense_(kSame && sw_ == 1 && sh_ == W_),
+        planes_(L) {}
+
+  int64_t pixels() const { return H_ * W_; }
+
+  // tile <- planes (channels past C zeroed).
+  void load(const IsaKernels& isa, int64_t n, int64_t c0, T* tile) {
+    const int64_t nc = std::min(L_, C_ - c0);
+    if (dense_) return run(isa, n, c0, nc, tile, true);
+    for (int64_t c = 0; c < L_; ++c) {
+      if (c >= nc) {
+        for (int64_t i = 0; i < H_ * W_; ++i) tile[i * L_ + c] = T(0);
+        continue;
+      }
+      const S* plane = p_ + n * sn_ + (c0 + c) * sc_;
+      for (int64_t h = 0; h < H_; ++h)
+        for (int64_t w = 0; w < W_; ++w) tile[(h * W_ + w) * L_ + c] = static_cast<T>(plane[h * sh_ + w * sw_]);
+    }
+  }
+
+  // planes <- tile (channels below C).
+  void store(const IsaKernels& isa, int64_t n, int64_t c0, const T* tile) {
+    const int64_t nc = std::min(L_, C_ - c0);
+    if (dense_) return run(isa, n, c0, nc, const_cast<T*>(tile), false);
+    for (int64_t c = 0; c < nc; ++c) {
+      S* plane = p_ + n * sn_ + (c0 + c) * sc_;
+      for (int64_t h = 0; h < H_; ++h)
+        for (int64_t w = 0; w < W_; ++w) plane[h * sh_ + w * sw_] = static_cast<S>(tile[(h * W_ + w) * L_ + c]);
+    }
+  }
+
+ private:
+  void run(const IsaKernels& isa, int64_t n, int64_t c0, int64_t nc, T* tile, bool to_tile) {
+    if constexpr (kSame) {
+      // The tile kernel takes mutable plane pointers; going in, it only reads them.
+      for (int64_t c = 0; c < nc; ++c) planes_[c] = const_cast<T*>(p_ + n * sn_ + (c0 + c) * sc_);
+      TileArgs<T> a;
+      a.planes = planes_.data();
+      a.nc = nc;
+      a.n = H_ * W_;
+      a.tile = tile;
+      a.to_tile = to_tile;
+      isa.tile(a);
+    }
+  }
+
+  S* p_;
+  int64_t sn_, sc_, sh_, sw_, C_, H_, W_, L_;
+  bool dense_;
+  std::vector<T*> planes_;
+};
+
+// Small NCHW planes (MobileNet's 7x7 to 56x56 stages) in blocks of L
+// channels: a block's planes are transposed into a channels_last tile that
+// stays in L1/L2, run through the channels_last row kernel and transposed
+// back, so the tensor moves through memory once. Per plane, the plane path
+// spent ~700 cycles in set-up for a 7x7 plane's ~60 multiply-add vectors,
+// and a round trip of the whole tensor through channels_last moved it
+// twice more.
+template <typename In, typename T, typename Out>
+void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const Conv2dShape& s,
+                     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                     const c10::optional<at::Tensor>& shift, int act, at::Tensor& out,
+                     const c10::optional<at::Tensor>& stats) {
+  const IsaKernels& isa = isa_kernels();
+  const int64_t L = isa.lanes<T>();
+  const RowForward<T> fwd(s, L, weight, bias, scale, shift, act);
+  const int64_t blocks = fwd.cpad / L;
+  StatsPartials partials(stats, fwd.cpad);
+  at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
+    PlaneTiles<const In, T> x(input, L);
+    PlaneTiles<Out, T> y(out, L);
+    std::vector<T> tin(x.pixels() * L), tout(y.pixels() * L);
+    std::vector<const T*> rows(s.R);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = item % blocks * L;
+      x.load(isa, n, c0, tin.data());
+      DwRowArgs<T> row = fwd.channels(c0, L, L);
+      row.rows = rows.data();
+      row.ep.stat_sum = partials.sum(c0);
+      row.ep.stat_sq = partials.sq(c0);
+      for (int64_t p = 0; p < s.P; ++p) {
+        for (int64_t kr = 0; kr < s.R; ++kr) {
+          const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+          rows[kr] = ih >= 0 && ih < s.H ? tin.data() + ih * s.W * L : nullptr;
+        }
+        row.out = tout.data() + p * s.Q * L;
+        isa.dwrow(row);
+      }
+      y.store(isa, n, c0, tout.data());
+    }
+  });
+  partials.finish(s.C, [](int64_t k) { return k; });
+}
+
+// Whether the blocked NCHW path's tiles (one block of input and output
+// planes) fit in L2: larger planes run on the plane path, which measured as
+// fast from 112x112 stride 1 up.
+bool blocked_fits(const Conv2dShape& s) {
+  return (s.H * s.W + s.P * s.Q) * isa_kernels().vec_bytes <= (int64_t(1) << 20);
+}
+
+// ---------------------------------------------------------------------------
+// Input row `src` (W elements, xw apart) into `stride` zero-padded phase rows
+// of prow elements: phase f's column j is input column j * stride + f - pad.
+// The unit-stride cases are plain loops the compiler vectorises.
+template <typename In, typename T>
+void copy_phases(const In* src, int64_t W, int64_t xw, int64_t stride, int64_t pad, int64_t prow, T* dst) {
+  for (int64_t f = 0; f < stride; ++f, dst += prow) {
+    const int64_t a = pad - f, b = W - 1 + pad - f;  // a <= j * stride <= b
+    const int64_t lo = std::min(prow, a <= 0 ? int64_t(0) : ceil_div(a, stride));
+    const int64_t hi = std::max(lo, std::min(prow, b < 0 ? int64_t(0) : b / stride + 1));
+    std::fill(dst, dst + lo, T(0));
+    const In* s0 = src + (lo * stride + f - pad) * xw;
+    T* d0 = dst + lo;
+    const int64_t n = hi - lo;
+    if (xw == 1 && stride == 1)
+      for (int64_t j = 0; j < n; ++j) d0[j] = static_cast<T>(s0[j]);
+    else if (xw == 1 && stride == 2)
+      for (int64_t j = 0; j < n; ++j) d0[j] = static_cast<T>(s0[2 * j]);
+    else
+      for (int64_t j = 0; j < n; ++j) d0[j] = static_cast<T>(s0[j * stride * xw]);
+    std::fill(dst + hi, dst + prow, T(0));
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -137,10 +307,16 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
   Out* op = out.data_ptr<Out>();
   const int64_t on = out.stride(0), ok = out.stride(1), oh = out.stride(2), ow = out.stride(3);
 
+  std::vector<int64_t> tap_off(s.S);
+  for (int64_t ks = 0; ks < s.S; ++ks)
+    tap_off[ks] = (ks * s.dil_w) % s.stride_w * prow + (ks * s.dil_w) / s.stride_w;
+  constexpr bool direct = std::is_same_v<T, Out>;
+  const bool in_place = direct && ow == 1;  // rows computed straight into out
+
   StatsPartials partials(stats, s.K);
   at::parallel_for(0, s.N * s.K * bands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> phases, row_out(s.Q);
-    std::vector<const T*> rows(s.R);
+    std::vector<T> phases, band_out(in_place ? 0 : kBand * s.Q);
+    std::vector<const T*> rows(kBand * s.R);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t band = item % bands, nk = item / bands, n = nk / s.K, k = nk % s.K;
       const int64_t ci = depthwise_in_channel(k, mult);
@@ -151,24 +327,20 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
       const int64_t nrows = std::max<int64_t>(0, ih_hi - ih_lo);
       phases.resize(nrows * s.stride_w * prow);
       const In* plane = xp + n * xn + ci * xc;
-      for (int64_t r = 0; r < nrows; ++r) {
-        const In* src = plane + (ih_lo + r) * xh;
-        for (int64_t f = 0; f < s.stride_w; ++f) {
-          // Phase f holds padded columns f, f + stride, ...: input column j * stride + f - pad.
-          T* dst = phases.data() + (r * s.stride_w + f) * prow;
-          for (int64_t j = 0; j < prow; ++j) {
-            const int64_t iw = j * s.stride_w + f - s.pad_w;
-            dst[j] = iw >= 0 && iw < s.W ? static_cast<T>(src[iw * xw]) : T(0);
-          }
+      for (int64_t r = 0; r < nrows; ++r)
+        copy_phases(plane + (ih_lo + r) * xh, s.W, xw, s.stride_w, s.pad_w, prow,
+                    phases.data() + r * s.stride_w * prow);
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t kr = 0; kr < s.R; ++kr) {
+          const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+          rows[(p - p0) * s.R + kr] = ih >= 0 && ih < s.H ? phases.data() + (ih - ih_lo) * s.stride_w * prow : nullptr;
         }
-      }
       DwPlaneRowArgs<T> args;
       args.rows = rows.data();
-      args.prow = prow;
+      args.tap_off = tap_off.data();
+      args.nout = p1 - p0;
       args.R = s.R;
       args.S = s.S;
-      args.stride = s.stride_w;
-      args.dil = s.dil_w;
       args.Q = s.Q;
       args.w = wsrc + k * RS;
       args.bias = bias_v.empty() ? T(0) : bias_v[k];
@@ -177,24 +349,20 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
       args.act = act;
       args.stat_sum = partials.sum(k);
       args.stat_sq = partials.sq(k);
-      constexpr bool direct = std::is_same_v<T, Out>;
-      for (int64_t p = p0; p < p1; ++p) {
-        for (int64_t kr = 0; kr < s.R; ++kr) {
-          const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-          rows[kr] = ih >= 0 && ih < s.H ? phases.data() + (ih - ih_lo) * s.stride_w * prow : nullptr;
+      Out* dst = op + n * on + k * ok + p0 * oh;
+      if constexpr (direct) {
+        if (in_place) {
+          args.out = dst;
+          args.out_rs = oh;
+          isa.dwplane(args);
+          continue;
         }
-        Out* dst = op + n * on + k * ok + p * oh;
-        if constexpr (direct) {
-          if (ow == 1) {
-            args.out = dst;
-            isa.dwplane(args);
-            continue;
-          }
-        }
-        args.out = row_out.data();
-        isa.dwplane(args);
-        for (int64_t q = 0; q < s.Q; ++q) dst[q * ow] = static_cast<Out>(row_out[q]);
       }
+      args.out = band_out.data();
+      args.out_rs = s.Q;
+      isa.dwplane(args);
+      for (int64_t p = 0; p < p1 - p0; ++p)
+        for (int64_t q = 0; q < s.Q; ++q) dst[p * oh + q * ow] = static_cast<Out>(band_out[p * s.Q + q]);
     }
   });
   partials.finish(s.K, [](int64_t k) { return k; });
@@ -242,16 +410,61 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
   });
 }
 
+// Weight-gradient partials of a fixed number of parts ([tap][cpad] and
+// [cpad] each), summed in part order afterwards: deterministic for a given
+// thread count, no atomics.
+template <typename T>
+struct WeightGradParts {
+  int64_t RS, cpad;
+  std::vector<T> w, b;
+
+  WeightGradParts(int64_t nparts, int64_t RS_, int64_t cpad_)
+      : RS(RS_), cpad(cpad_), w(nparts * RS_ * cpad_, T(0)), b(nparts * cpad_, T(0)) {}
+
+  T* dw(int64_t part) { return w.data() + part * RS * cpad; }
+  T* db(int64_t part) { return b.data() + part * cpad; }
+
+  // The parts' sum into dw ([C, 1, R, S], any strides) and db.
+  void finish(const Conv2dShape& s, at::Tensor& dw_out, at::Tensor* db_out) {
+    const int64_t nparts = int64_t(b.size()) / cpad;
+    for (int64_t part = 1; part < nparts; ++part) {
+      for (int64_t i = 0; i < RS * cpad; ++i) w[i] += w[part * RS * cpad + i];
+      for (int64_t i = 0; i < cpad; ++i) b[i] += b[part * cpad + i];
+    }
+    T* dwp = dw_out.data_ptr<T>();
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t t = 0; t < RS; ++t)
+        dwp[c * dw_out.stride(0) + (t / s.S) * dw_out.stride(2) + (t % s.S) * dw_out.stride(3)] = w[t * cpad + c];
+    if (db_out) {
+      T* dbp = db_out->data_ptr<T>();
+      for (int64_t c = 0; c < s.C; ++c) dbp[c * db_out->stride(0)] = b[c];
+    }
+  }
+};
+
+template <typename T>
+DwWGradArgs<T> wgrad_args(const Conv2dShape& s, int64_t channels, int64_t cpad) {
+  DwWGradArgs<T> args;
+  args.R = s.R;
+  args.S = s.S;
+  args.W = s.W;
+  args.Q = s.Q;
+  args.C = channels;
+  args.stride = s.stride_w;
+  args.pad = s.pad_w;
+  args.dil = s.dil_w;
+  args.cpad = cpad;
+  return args;
+}
+
 template <typename T>
 void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dShape& s, at::Tensor& dw,
                       at::Tensor* db) {
   const IsaKernels& isa = isa_kernels();
-  const int64_t L = isa.lanes<T>(), RS = s.taps(), C = s.C, cpad = ceil_div(C, L) * L;
+  const int64_t L = isa.lanes<T>(), C = s.C, cpad = ceil_div(C, L) * L;
   const int64_t rows = s.N * s.P;
-  // A fixed number of parts, each with private partials summed in part
-  // order afterwards: deterministic for a given thread count, no atomics.
   const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
-  std::vector<T> parts(nparts * RS * cpad, T(0)), bparts(nparts * cpad, T(0));
+  WeightGradParts<T> parts(nparts, s.taps(), cpad);
   const T* xp = x.data_ptr<T>();
   const T* dyp = dy.data_ptr<T>();
   // Output rows per kernel call: their input and gradient rows (~256 KB) stay
@@ -260,21 +473,12 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dSha
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
   at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> in_rows(chunk * s.R), dy_rows(chunk);
+    DwWGradArgs<T> args = wgrad_args<T>(s, C, cpad);
+    args.rows = in_rows.data();
+    args.dy = dy_rows.data();
     for (int64_t part = begin; part < end; ++part) {
-      DwWGradArgs<T> args;
-      args.rows = in_rows.data();
-      args.dy = dy_rows.data();
-      args.R = s.R;
-      args.S = s.S;
-      args.W = s.W;
-      args.Q = s.Q;
-      args.C = C;
-      args.stride = s.stride_w;
-      args.pad = s.pad_w;
-      args.dil = s.dil_w;
-      args.cpad = cpad;
-      args.dw = parts.data() + part * RS * cpad;
-      args.db = db ? bparts.data() + part * cpad : nullptr;
+      args.dw = parts.dw(part);
+      args.db = db ? parts.db(part) : nullptr;
       const int64_t first = part * rows / nparts, last = (part + 1) * rows / nparts;
       for (int64_t np0 = first; np0 < last; np0 += chunk) {
         args.nrows = std::min(chunk, last - np0);
@@ -290,18 +494,47 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dSha
       }
     }
   });
-  for (int64_t part = 1; part < nparts; ++part) {
-    for (int64_t i = 0; i < RS * cpad; ++i) parts[i] += parts[part * RS * cpad + i];
-    for (int64_t i = 0; i < cpad; ++i) bparts[i] += bparts[part * cpad + i];
-  }
-  T* dwp = dw.data_ptr<T>();
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t t = 0; t < RS; ++t)
-      dwp[c * dw.stride(0) + (t / s.S) * dw.stride(2) + (t % s.S) * dw.stride(3)] = parts[t * cpad + c];
-  if (db) {
-    T* dbp = db->data_ptr<T>();
-    for (int64_t c = 0; c < C; ++c) dbp[c * db->stride(0)] = bparts[c];
-  }
+  parts.finish(s, dw, db);
+}
+
+// The weight gradient of NCHW planes that fit (see forward_blocked): per
+// (image, block of L channels), the block's input and gradient planes are
+// transposed into channels_last tiles and reduced by the channels_last
+// kernel into the part's partials at the block's channels.
+template <typename In, typename T>
+void grad_weight_blocked(const at::Tensor& dy, const at::Tensor& x, const Conv2dShape& s, at::Tensor& dw,
+                         at::Tensor* db) {
+  const IsaKernels& isa = isa_kernels();
+  const int64_t L = isa.lanes<T>(), cpad = ceil_div(s.C, L) * L, blocks = cpad / L, items = s.N * blocks;
+  const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  WeightGradParts<T> parts(nparts, s.taps(), cpad);
+  at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
+    PlaneTiles<const In, T> xt(x, L), dyt(dy, L);
+    std::vector<T> tx(xt.pixels() * L), tdy(dyt.pixels() * L);
+    std::vector<const T*> in_rows(s.P * s.R), dy_rows(s.P);
+    for (int64_t p = 0; p < s.P; ++p) {
+      dy_rows[p] = tdy.data() + p * s.Q * L;
+      for (int64_t kr = 0; kr < s.R; ++kr) {
+        const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+        in_rows[p * s.R + kr] = ih >= 0 && ih < s.H ? tx.data() + ih * s.W * L : nullptr;
+      }
+    }
+    DwWGradArgs<T> args = wgrad_args<T>(s, L, cpad);
+    args.rows = in_rows.data();
+    args.dy = dy_rows.data();
+    args.nrows = s.P;
+    for (int64_t part = begin; part < end; ++part) {
+      for (int64_t item = part * items / nparts; item < (part + 1) * items / nparts; ++item) {
+        const int64_t n = item / blocks, c0 = item % blocks * L;
+        xt.load(isa, n, c0, tx.data());
+        dyt.load(isa, n, c0, tdy.data());
+        args.dw = parts.dw(part) + c0;
+        args.db = db ? parts.db(part) + c0 : nullptr;
+        isa.dwwgrad(args);
+      }
+    }
+  });
+  parts.finish(s, dw, db);
 }
 
 // A channels_last buffer in the compute dtype to write into: `out` itself
@@ -344,9 +577,7 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
     conv2d_forward(input, weight, bias, scale, shift, stride, padding, dilation, s.C, activation, out, stats);
     return;
   }
-  // Small NCHW planes (late MobileNet stages) cost more in per-plane set-up
-  // than a round trip through channels_last.
-  if (nhwc || (s.P * s.Q < 1024 && s.K == s.C)) {
+  if (nhwc) {
     const at::Tensor x = as_nhwc(input, ct);
     at::Tensor work = nhwc_work(out, ct);
     if (ct == at::kDouble)
@@ -354,6 +585,16 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
     else
       forward_nhwc<float>(x, weight, s, bias, scale, shift, int(activation), work, stats);
     commit_to(out, work);
+    return;
+  }
+  // NCHW (and other layouts): planes up to about 112x112 stride 2 in blocks
+  // of channels through the channels_last kernel, larger ones (and channel
+  // multipliers) plane by plane.
+  if (s.K == s.C && blocked_fits(s)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_blocked", [&] {
+      using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      forward_blocked<scalar_t, T, scalar_t>(input, weight, s, bias, scale, shift, int(activation), out, stats);
+    });
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_planes", [&] {
@@ -375,12 +616,26 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
     return;
   }
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
+  // Stride 1: grad_input is the forward on the flipped kernel with padding
+  // (k - 1) * dil - pad (when that is non-negative): the direct row kernel,
+  // or for NCHW planes that fit, the blocked path.
+  const int64_t fpad_h = (s.R - 1) * s.dil_h - s.pad_h, fpad_w = (s.S - 1) * s.dil_w - s.pad_w;
+  const bool as_forward = s.stride_h == 1 && s.stride_w == 1 && fpad_h >= 0 && fpad_w >= 0;
+  if (as_forward && !channels_last_rows(grad_input)) {
+    const at::Tensor flipped = weight.flip({2, 3});
+    const Conv2dShape fs = make_conv2d_shape(grad_output, flipped, stride, {fpad_h, fpad_w}, dilation, s.C);
+    if (blocked_fits(fs)) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "depthwise_grad_input", [&] {
+        using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        forward_blocked<scalar_t, T, scalar_t>(grad_output, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0,
+                                               grad_input, c10::nullopt);
+      });
+      return;
+    }
+  }
   const at::Tensor dy = as_nhwc(grad_output, ct);
   at::Tensor work = nhwc_work(grad_input, ct);
-  // Stride 1: grad_input is the forward on the flipped kernel with padding
-  // (k - 1) * dil - pad (when that is non-negative): the direct row kernel.
-  const int64_t fpad_h = (s.R - 1) * s.dil_h - s.pad_h, fpad_w = (s.S - 1) * s.dil_w - s.pad_w;
-  if (s.stride_h == 1 && s.stride_w == 1 && fpad_h >= 0 && fpad_w >= 0) {
+  if (as_forward) {
     const at::Tensor flipped = weight.flip({2, 3});
     const Conv2dShape fs = make_conv2d_shape(dy, flipped, stride, {fpad_h, fpad_w}, dilation, s.C);
     if (ct == at::kDouble)
@@ -410,15 +665,23 @@ void depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
     return;
   }
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
-  const at::Tensor dy = as_nhwc(grad_output, ct);
-  const at::Tensor x = as_nhwc(input, ct);
   OutBuffer ow(grad_weight, ct);
   c10::optional<OutBuffer> ob;
   if (grad_bias.has_value()) ob.emplace(*grad_bias, ct);
-  if (ct == at::kDouble)
-    grad_weight_nhwc<double>(dy, x, s, ow.work(), ob ? &ob->work() : nullptr);
-  else
-    grad_weight_nhwc<float>(dy, x, s, ow.work(), ob ? &ob->work() : nullptr);
+  at::Tensor* db = ob ? &ob->work() : nullptr;
+  if (!channels_last_rows(input) && blocked_fits(s)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_grad_weight", [&] {
+      using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      grad_weight_blocked<scalar_t, T>(grad_output, input, s, ow.work(), db);
+    });
+  } else {
+    const at::Tensor dy = as_nhwc(grad_output, ct);
+    const at::Tensor x = as_nhwc(input, ct);
+    if (ct == at::kDouble)
+      grad_weight_nhwc<double>(dy, x, s, ow.work(), db);
+    else
+      grad_weight_nhwc<float>(dy, x, s, ow.work(), db);
+  }
   ow.commit();
   if (ob) ob->commit();
 }

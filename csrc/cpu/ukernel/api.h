@@ -242,23 +242,39 @@ struct DwWGradArgs {
   T* db = nullptr;  // [cpad] or null, accumulated into
 };
 
-// One output row of an NCHW depthwise plane, vectorised along the row:
-//   out[q] = epilogue( sum_{r, s} w[r * S + s] * phase(r, s)[q + off(s)] )
+// Output rows of an NCHW depthwise plane, each vectorised along the row:
+//   out_i[q] = epilogue( sum_{r, s} w[r * S + s] * rows[i * R + r][tap_off[s] + q] )
 // The caller copies each input row once into zero-padded stride-phase rows
 // (phase f holds padded columns f, f + stride, ...), so every tap is a
-// contiguous unaligned vector load for any stride, padding and dilation.
+// contiguous unaligned vector load for any stride, padding and dilation:
+// tap s of a kernel row reads phase (s * dil) % stride from column
+// (s * dil) / stride, tap_off[s] elements from the kernel row's first phase.
 template <typename T>
 struct DwPlaneRowArgs {
-  const T* const* rows = nullptr;  // per kernel row r: its phase rows (prow apart), or null (padding)
-  int64_t prow = 0;
-  int64_t R = 0, S = 0, stride = 1, dil = 1;
+  const T* const* rows = nullptr;  // nout * R: output row i's kernel rows (first phase), or null (padding)
+  const int64_t* tap_off = nullptr;  // S
+  int64_t nout = 1;
+  int64_t R = 0, S = 0;
   int64_t Q = 0;
   const T* w = nullptr;  // R*S weights of this plane
   T bias = 0, scale = 1, shift = 0;
   int act = 0;
-  T* out = nullptr;      // Q contiguous outputs
+  T* out = nullptr;      // output row i: Q contiguous outputs from out + i * out_rs
+  int64_t out_rs = 0;
   double* stat_sum = nullptr;  // batch statistics of this plane's channel (see EpilogueArgs)
   double* stat_sq = nullptr;
+};
+
+// Channels <-> pixels of a channels_last tile of L channels (the blocked
+// NCHW depthwise forward): planes[c] holds n contiguous values of channel c.
+// to_tile: tile[i * L + c] = planes[c][i], channels c >= nc zeroed;
+// else:    planes[c][i] = tile[i * L + c] for c < nc.
+template <typename T>
+struct TileArgs {
+  T* const* planes = nullptr;
+  int64_t nc = 0, n = 0;
+  T* tile = nullptr;
+  bool to_tile = true;
 };
 
 // Backward of training-mode BatchNorm followed by an activation, over
@@ -470,6 +486,8 @@ struct IsaKernels {
   void (*maxpool_f64)(const MaxPoolArgs<double>&);
   void (*maxpool_backward_f32)(const MaxPoolBwdArgs<float>&);
   void (*maxpool_backward_f64)(const MaxPoolBwdArgs<double>&);
+  void (*tile_f32)(const TileArgs<float>&);
+  void (*tile_f64)(const TileArgs<double>&);
 
   template <typename T>
   int lanes() const {
@@ -514,6 +532,8 @@ struct IsaKernels {
   void wino_output(const WinoArgs<double>& a) const { wino_output_f64(a); }
   void maxpool(const MaxPoolArgs<float>& a) const { maxpool_f32(a); }
   void maxpool(const MaxPoolArgs<double>& a) const { maxpool_f64(a); }
+  void tile(const TileArgs<float>& a) const { tile_f32(a); }
+  void tile(const TileArgs<double>& a) const { tile_f64(a); }
   void maxpool_backward(const MaxPoolBwdArgs<float>& a) const { maxpool_backward_f32(a); }
   void maxpool_backward(const MaxPoolBwdArgs<double>& a) const { maxpool_backward_f64(a); }
 };

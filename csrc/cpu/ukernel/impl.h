@@ -1389,60 +1389,120 @@ void dwwgrad(const DwWGradArgs<T>& g) {
 // outputs per step, so each weight broadcast serves NV FMAs; single vectors
 // for the rest of the row.
 template <typename T, int NV>
-inline void dwplane_step(const DwPlaneRowArgs<T>& g, int64_t q0) {
+inline void dwplane_step(const DwPlaneRowArgs<T>& g, const T* const* rows, T* out, int64_t q0, vec_t<T>& ssum,
+                         vec_t<T>& ssq) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
   V acc[NV];
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) acc[j] = V{};
   for (int64_t r = 0; r < g.R; ++r) {
-    if (!g.rows[r]) continue;
+    if (!rows[r]) continue;
+    const T* base = rows[r] + q0;
+    const T* w = g.w + r * g.S;
     for (int64_t s = 0; s < g.S; ++s) {
-      const int64_t f = (s * g.dil) % g.stride, off = (s * g.dil) / g.stride;
-      const T* src = g.rows[r] + f * g.prow + q0 + off;
-      const V w = vsplat(g.w[r * g.S + s]);
+      const T* src = base + g.tap_off[s];
+      const V wv = vsplat(w[s]);
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[j] += vload(src + j * L) * w;
+      for (int j = 0; j < NV; ++j) acc[j] += vload(src + j * L) * wv;
     }
   }
-  V ssum{}, ssq{};
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const int64_t q = q0 + j * L;
     V z = activate<T>((acc[j] + g.bias) * g.scale + g.shift, g.act);
     if (q + L <= g.Q) {
-      vstore(g.out + q, z);
+      vstore(out + q, z);
     } else {
-      vstore_n(g.out + q, z, g.Q - q);
+      vstore_n(out + q, z, g.Q - q);
       T tmp[L] = {};  // statistics over the valid lanes only
-      for (int64_t l = 0; l < g.Q - q; ++l) tmp[l] = g.out[q + l];
+      for (int64_t l = 0; l < g.Q - q; ++l) tmp[l] = out[q + l];
       z = vload(tmp);
     }
     ssum += z;
     ssq += z * z;
-  }
-  if (g.stat_sum) {
-    T ts[L], tq[L];
-    vstore(ts, ssum);
-    vstore(tq, ssq);
-    double a = 0, b = 0;
-    for (int l = 0; l < L; ++l) a += ts[l], b += tq[l];
-    *g.stat_sum += a;
-    *g.stat_sq += b;
   }
 }
 
 template <typename T>
 void dwplane(const DwPlaneRowArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
-  int64_t q0 = 0;
-  for (; q0 + 4 * L <= g.Q; q0 += 4 * L) dwplane_step<T, 4>(g, q0);
-  switch ((g.Q - q0 + L - 1) / L) {  // the rest of the row in one step
-    case 1: dwplane_step<T, 1>(g, q0); break;
-    case 2: dwplane_step<T, 2>(g, q0); break;
-    case 3: dwplane_step<T, 3>(g, q0); break;
-    case 4: dwplane_step<T, 4>(g, q0); break;
-    default: break;
+  using V = vec_t<T>;
+  for (int64_t i = 0; i < g.nout; ++i) {
+    V ssum{}, ssq{};
+    const T* const* rows = g.rows + i * g.R;
+    T* out = g.out + i * g.out_rs;
+    int64_t q0 = 0;
+    for (; q0 + 4 * L <= g.Q; q0 += 4 * L) dwplane_step<T, 4>(g, rows, out, q0, ssum, ssq);
+    switch ((g.Q - q0 + L - 1) / L) {  // the rest of the row in one step
+      case 1: dwplane_step<T, 1>(g, rows, out, q0, ssum, ssq); break;
+      case 2: dwplane_step<T, 2>(g, rows, out, q0, ssum, ssq); break;
+      case 3: dwplane_step<T, 3>(g, rows, out, q0, ssum, ssq); break;
+      case 4: dwplane_step<T, 4>(g, rows, out, q0, ssum, ssq); break;
+      default: break;
+    }
+    if (g.stat_sum) {  // one row's statistics into double
+      T ts[L], tq[L];
+      vstore(ts, ssum);
+      vstore(tq, ssq);
+      double a = 0, b = 0;
+      for (int l = 0; l < L; ++l) a += ts[l], b += tq[l];
+      *g.stat_sum += a;
+      *g.stat_sq += b;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tile transposes (see TileArgs): L x L blocks transposed in registers.
+
+// One level of the transpose: rows i and i + B (i & B == 0) swap their
+// off-diagonal B x B blocks. Levels B = L/2, ..., 1 transpose the block.
+template <typename T, int B>
+inline void transpose_level(vec_t<T> (&v)[VecTraits<T>::L]) {
+  constexpr int L = VecTraits<T>::L;
+  if constexpr (B >= 1) {
+    ivec_t<T> lo, hi;  // lanes < L pick from the first row, >= L from the second
+    for (int j = 0; j < L; ++j) {
+      const int base = j / (2 * B) * 2 * B, pos = j % (2 * B);
+      lo[j] = pos < B ? base + pos : L + base + pos - B;
+      hi[j] = pos < B ? base + pos + B : L + base + pos;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) {
+      if (i & B) continue;
+      const vec_t<T> a = v[i], b = v[i + B];
+      v[i] = __builtin_shuffle(a, b, lo);
+      v[i + B] = __builtin_shuffle(a, b, hi);
+    }
+    transpose_level<T, B / 2>(v);
+  }
+}
+
+template <typename T>
+void tile(const TileArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  V v[L];
+  for (int64_t i0 = 0; i0 < g.n; i0 += L) {
+    const int64_t ni = g.n - i0 < L ? g.n - i0 : L;
+    if (g.to_tile) {
+#pragma GCC unroll 16
+      for (int c = 0; c < L; ++c)
+        v[c] = c >= g.nc ? V{} : ni == L ? vload(g.planes[c] + i0) : vload_n(g.planes[c] + i0, ni);
+      transpose_level<T, L / 2>(v);
+      for (int64_t i = 0; i < ni; ++i) vstore(g.tile + (i0 + i) * L, v[i]);
+    } else {
+#pragma GCC unroll 16
+      for (int i = 0; i < L; ++i) v[i] = i < ni ? vload(g.tile + (i0 + i) * L) : V{};
+      transpose_level<T, L / 2>(v);
+      for (int64_t c = 0; c < g.nc; ++c) {
+        if (ni == L)
+          vstore(g.planes[c] + i0, v[c]);
+        else
+          vstore_n(g.planes[c] + i0, v[c], ni);
+      }
+    }
   }
 }
 
@@ -1639,6 +1699,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &wino_input<float>, &wino_input<double>,                           \
                           &wino_output<float>, &wino_output<double>,                         \
                           &maxpool<float>,  &maxpool<double>,                                \
-                          &maxpool_backward<float>, &maxpool_backward<double>};              \
+                          &maxpool_backward<float>, &maxpool_backward<double>,               \
+                          &tile<float>,     &tile<double>};                                  \
   }                                                                                          \
   }
