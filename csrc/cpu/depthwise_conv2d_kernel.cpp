@@ -410,6 +410,56 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
   });
 }
 
+// Strided grad_input of NCHW planes that fit (see forward_blocked): per
+// (image, block of L channels), the output-gradient planes are transposed
+// into a channels_last tile, each input row gathers its taps from it (as
+// grad_input_nhwc does) into a tile of grad_input, transposed back.
+template <typename In, typename T>
+void grad_input_blocked(const at::Tensor& grad_output, const at::Tensor& weight, const Conv2dShape& s,
+                        at::Tensor& grad_input) {
+  const IsaKernels& isa = isa_kernels();
+  const int64_t L = isa.lanes<T>(), RS = s.taps(), cpad = ceil_div(s.C, L) * L, blocks = cpad / L;
+  const std::vector<T> wp = pack_depthwise_weight<T>(weight, RS, cpad);
+  const std::vector<T> zeros(L, T(0));
+  at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
+    PlaneTiles<const In, T> dyt(grad_output, L);
+    PlaneTiles<In, T> dxt(grad_input, L);
+    std::vector<T> tdy(dyt.pixels() * L), tdx(dxt.pixels() * L);
+    std::vector<const T*> a(s.H * s.W * RS);
+    std::vector<T*> c(s.W);
+    // The tap table depends on the shape alone: built once per thread.
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t kr = 0; kr < s.R; ++kr) {
+        const int64_t p = conv_out_coord(h, kr, s.stride_h, s.pad_h, s.dil_h, s.P);
+        for (int64_t w = 0; w < s.W; ++w)
+          for (int64_t ks = 0; ks < s.S; ++ks) {
+            const int64_t q = p < 0 ? -1 : conv_out_coord(w, ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
+            a[(h * s.W + w) * RS + kr * s.S + ks] = q >= 0 ? tdy.data() + (p * s.Q + q) * L : zeros.data();
+          }
+      }
+    DwConvArgs<T> args;
+    args.c = c.data();
+    args.zero = zeros.data();
+    args.m = s.W;
+    args.ntaps = RS;
+    args.channels = L;
+    args.c_begin = 0;
+    args.c_end = L;
+    args.cpad = cpad;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = item % blocks * L;
+      dyt.load(isa, n, c0, tdy.data());
+      args.w = wp.data() + c0;
+      for (int64_t h = 0; h < s.H; ++h) {
+        args.a = a.data() + h * s.W * RS;
+        for (int64_t w = 0; w < s.W; ++w) c[w] = tdx.data() + (h * s.W + w) * L;
+        isa.dwconv(args);
+      }
+      dxt.store(isa, n, c0, tdx.data());
+    }
+  });
+}
+
 // Weight-gradient partials of a fixed number of parts ([tap][cpad] and
 // [cpad] each), summed in part order afterwards: deterministic for a given
 // thread count, no atomics.
@@ -621,17 +671,19 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   // or for NCHW planes that fit, the blocked path.
   const int64_t fpad_h = (s.R - 1) * s.dil_h - s.pad_h, fpad_w = (s.S - 1) * s.dil_w - s.pad_w;
   const bool as_forward = s.stride_h == 1 && s.stride_w == 1 && fpad_h >= 0 && fpad_w >= 0;
-  if (as_forward && !channels_last_rows(grad_input)) {
-    const at::Tensor flipped = weight.flip({2, 3});
-    const Conv2dShape fs = make_conv2d_shape(grad_output, flipped, stride, {fpad_h, fpad_w}, dilation, s.C);
-    if (blocked_fits(fs)) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "depthwise_grad_input", [&] {
-        using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  if (!channels_last_rows(grad_input) && blocked_fits(s)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "depthwise_grad_input", [&] {
+      using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      if (as_forward) {
+        const at::Tensor flipped = weight.flip({2, 3});
+        const Conv2dShape fs = make_conv2d_shape(grad_output, flipped, stride, {fpad_h, fpad_w}, dilation, s.C);
         forward_blocked<scalar_t, T, scalar_t>(grad_output, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0,
                                                grad_input, c10::nullopt);
-      });
-      return;
-    }
+      } else {
+        grad_input_blocked<scalar_t, T>(grad_output, weight, s, grad_input);
+      }
+    });
+    return;
   }
   const at::Tensor dy = as_nhwc(grad_output, ct);
   at::Tensor work = nhwc_work(grad_input, ct);
