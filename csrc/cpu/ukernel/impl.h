@@ -1479,31 +1479,44 @@ inline void transpose_level(vec_t<T> (&v)[VecTraits<T>::L]) {
   }
 }
 
-template <typename T>
-void tile(const TileArgs<T>& g) {
+// One L x L block: pixels [i0, i0 + L) of all L channels (FULL), else
+// pixels [i0, i0 + ni) of channels [0, nc), the rest zero. FULL keeps every
+// index a compile-time constant, so the block stays in registers.
+template <typename T, bool FULL>
+inline void tile_block(const TileArgs<T>& g, int64_t i0, int64_t ni) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
   V v[L];
-  for (int64_t i0 = 0; i0 < g.n; i0 += L) {
-    const int64_t ni = g.n - i0 < L ? g.n - i0 : L;
-    if (g.to_tile) {
+  if (g.to_tile) {
 #pragma GCC unroll 16
-      for (int c = 0; c < L; ++c)
-        v[c] = c >= g.nc ? V{} : ni == L ? vload(g.planes[c] + i0) : vload_n(g.planes[c] + i0, ni);
-      transpose_level<T, L / 2>(v);
-      for (int64_t i = 0; i < ni; ++i) vstore(g.tile + (i0 + i) * L, v[i]);
-    } else {
+    for (int c = 0; c < L; ++c)
+      v[c] = FULL ? vload(g.planes[c] + i0) : c >= g.nc ? V{} : vload_n(g.planes[c] + i0, ni);
+    transpose_level<T, L / 2>(v);
 #pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) v[i] = i < ni ? vload(g.tile + (i0 + i) * L) : V{};
-      transpose_level<T, L / 2>(v);
-      for (int64_t c = 0; c < g.nc; ++c) {
-        if (ni == L)
-          vstore(g.planes[c] + i0, v[c]);
-        else
-          vstore_n(g.planes[c] + i0, v[c], ni);
-      }
+    for (int i = 0; i < L; ++i)
+      if (FULL || i < ni) vstore(g.tile + (i0 + i) * L, v[i]);
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) v[i] = FULL || i < ni ? vload(g.tile + (i0 + i) * L) : V{};
+    transpose_level<T, L / 2>(v);
+#pragma GCC unroll 16
+    for (int c = 0; c < L; ++c) {
+      if (FULL)
+        vstore(g.planes[c] + i0, v[c]);
+      else if (c < g.nc)
+        vstore_n(g.planes[c] + i0, v[c], ni);
     }
   }
+}
+
+template <typename T>
+void tile(const TileArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  const bool all = g.nc == L;
+  int64_t i0 = 0;
+  if (all)
+    for (; i0 + L <= g.n; i0 += L) tile_block<T, true>(g, i0, L);
+  for (; i0 < g.n; i0 += L) tile_block<T, false>(g, i0, g.n - i0 < L ? g.n - i0 : L);
 }
 
 // ---------------------------------------------------------------------------
