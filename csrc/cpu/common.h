@@ -9,6 +9,7 @@
 #include "effconv/checks.h"
 #include "effconv/conv2d_shape.h"
 #include "effconv/shapes.h"
+#include "kernels.h"
 
 namespace effconv {
 namespace cpu {
@@ -17,8 +18,18 @@ namespace cpu {
 // (float16/bfloat16 operands are widened once, accumulated in fp32).
 inline at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// Copies src into dst between NCHW-contiguous and channels_last-contiguous
+// layouts (same sizes, float or double on the CPU) on the tile kernel;
+// false, copying nothing, for anything else (layout.cpp).
+bool copy_layout(const at::Tensor& src, const at::Tensor& dst);
+
 // channels_last-contiguous operand in the compute dtype; a no-op when it already is.
 inline at::Tensor as_nhwc(const at::Tensor& t, at::ScalarType ct) {
+  if (t.dim() == 4 && t.scalar_type() == ct && t.is_contiguous() && !t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    // From the pool: a fresh large buffer is page-faulted in on every call.
+    at::Tensor rows = empty_pooled(t.sizes(), ct, /*channels_last=*/true);
+    if (copy_layout(t, rows)) return rows;
+  }
   return t.to(ct).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
@@ -52,15 +63,16 @@ class OutBuffer {
       : out_(out), work_(work_for(out, ct, format)) {}
   at::Tensor& work() { return work_; }
   void commit() {
-    if (!work_.is_same(out_)) out_.copy_(work_);
+    if (!work_.is_same(out_) && !copy_layout(work_, out_)) out_.copy_(work_);
   }
 
  private:
   static at::Tensor work_for(const at::Tensor& out, at::ScalarType ct, c10::optional<at::MemoryFormat> format) {
     if (format) {
-      return out.scalar_type() == ct && out.is_contiguous(*format)
-                 ? out
-                 : at::empty(out.sizes(), out.options().dtype(ct).memory_format(*format));
+      if (out.scalar_type() == ct && out.is_contiguous(*format)) return out;
+      if (out.dim() == 4 && *format == at::MemoryFormat::ChannelsLast)
+        return empty_pooled(out.sizes(), ct, /*channels_last=*/true);
+      return at::empty(out.sizes(), out.options().dtype(ct).memory_format(*format));
     }
     return out.scalar_type() == ct ? out : at::empty_strided(out.sizes(), out.strides(), out.options().dtype(ct));
   }

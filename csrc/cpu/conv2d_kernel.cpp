@@ -1247,7 +1247,9 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
   if (out.numel() == 0) return;
   const at::ScalarType ct = compute_type(input.scalar_type());
   const at::Tensor x = as_nhwc(input, ct);
-  OutBuffer ob(out, ct);
+  // The kernels store channels_last rows; an NCHW output is transposed into
+  // afterwards (copy_layout) rather than stored channel by channel.
+  OutBuffer ob(out, ct, at::MemoryFormat::ChannelsLast);
   // The weight is read (converted and made contiguous) only when it is packed.
   if (ct == at::kDouble)
     forward_typed<double>(x, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
@@ -1296,7 +1298,7 @@ void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, 
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
   const at::Tensor dy = as_nhwc(grad_output, ct);
   const at::Tensor w = weight.to(ct).contiguous();
-  OutBuffer ob(grad_input, ct);
+  OutBuffer ob(grad_input, ct, at::MemoryFormat::ChannelsLast);
   if (ct == at::kDouble)
     grad_input_typed<double>(dy, w, s, ob.work());
   else

@@ -591,11 +591,11 @@ void grad_weight_blocked(const at::Tensor& dy, const at::Tensor& x, const Conv2d
 // when it already is one, else a fresh one for commit_to().
 at::Tensor nhwc_work(const at::Tensor& out, at::ScalarType ct) {
   if (out.scalar_type() == ct && out.is_contiguous(at::MemoryFormat::ChannelsLast)) return out;
-  return at::empty(out.sizes(), out.options().dtype(ct).memory_format(at::MemoryFormat::ChannelsLast));
+  return empty_pooled(out.sizes(), ct, /*channels_last=*/true);
 }
 
 void commit_to(at::Tensor& out, const at::Tensor& work) {
-  if (!work.is_same(out)) out.copy_(work);
+  if (!work.is_same(out) && !copy_layout(work, out)) out.copy_(work);
 }
 
 Conv2dShape depthwise_shape(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,

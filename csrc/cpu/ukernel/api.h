@@ -265,15 +265,19 @@ struct DwPlaneRowArgs {
   double* stat_sq = nullptr;
 };
 
-// Channels <-> pixels of a channels_last tile of L channels (the blocked
-// NCHW depthwise forward): planes[c] holds n contiguous values of channel c.
-// to_tile: tile[i * L + c] = planes[c][i], channels c >= nc zeroed;
-// else:    planes[c][i] = tile[i * L + c] for c < nc.
+// Channels <-> pixels between planes and channels_last rows: planes[c]
+// holds n contiguous values of channel c; pixel i's channels start at
+// tile + i * ld (ld = L: a tile of one vector of channels, the blocked NCHW
+// depthwise path; ld = C: a block of an NHWC tensor).
+// to_tile: tile[i * ld + c] = planes[c][i] for c < nc; with ld == L the
+//          channels c >= nc are zeroed, else left alone.
+// else:    planes[c][i] = tile[i * ld + c] for c < nc.
 template <typename T>
 struct TileArgs {
   T* const* planes = nullptr;
   int64_t nc = 0, n = 0;
   T* tile = nullptr;
+  int64_t ld = 0;  // 0: L
   bool to_tile = true;
 };
 

@@ -1480,12 +1480,13 @@ inline void transpose_level(vec_t<T> (&v)[VecTraits<T>::L]) {
 }
 
 // One L x L block: pixels [i0, i0 + L) of all L channels (FULL), else
-// pixels [i0, i0 + ni) of channels [0, nc), the rest zero. FULL keeps every
-// index a compile-time constant, so the block stays in registers.
+// pixels [i0, i0 + ni) of channels [0, nc). FULL keeps every index a
+// compile-time constant, so the block stays in registers.
 template <typename T, bool FULL>
-inline void tile_block(const TileArgs<T>& g, int64_t i0, int64_t ni) {
+inline void tile_block(const TileArgs<T>& g, int64_t i0, int64_t ni, int64_t ld) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
+  const bool own = ld == L;  // a tile of its own: whole vectors, zero-padded channels
   V v[L];
   if (g.to_tile) {
 #pragma GCC unroll 16
@@ -1493,11 +1494,19 @@ inline void tile_block(const TileArgs<T>& g, int64_t i0, int64_t ni) {
       v[c] = FULL ? vload(g.planes[c] + i0) : c >= g.nc ? V{} : vload_n(g.planes[c] + i0, ni);
     transpose_level<T, L / 2>(v);
 #pragma GCC unroll 16
-    for (int i = 0; i < L; ++i)
-      if (FULL || i < ni) vstore(g.tile + (i0 + i) * L, v[i]);
+    for (int i = 0; i < L; ++i) {
+      if (FULL || own) {
+        if (FULL || i < ni) vstore(g.tile + (i0 + i) * ld, v[i]);
+      } else if (i < ni) {
+        vstore_n(g.tile + (i0 + i) * ld, v[i], g.nc);
+      }
+    }
   } else {
 #pragma GCC unroll 16
-    for (int i = 0; i < L; ++i) v[i] = FULL || i < ni ? vload(g.tile + (i0 + i) * L) : V{};
+    for (int i = 0; i < L; ++i) {
+      const T* src = g.tile + (i0 + i) * ld;
+      v[i] = FULL ? vload(src) : i >= ni ? V{} : own ? vload(src) : vload_n(src, g.nc);
+    }
     transpose_level<T, L / 2>(v);
 #pragma GCC unroll 16
     for (int c = 0; c < L; ++c) {
@@ -1512,11 +1521,11 @@ inline void tile_block(const TileArgs<T>& g, int64_t i0, int64_t ni) {
 template <typename T>
 void tile(const TileArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
-  const bool all = g.nc == L;
+  const int64_t ld = g.ld ? g.ld : L;
   int64_t i0 = 0;
-  if (all)
-    for (; i0 + L <= g.n; i0 += L) tile_block<T, true>(g, i0, L);
-  for (; i0 < g.n; i0 += L) tile_block<T, false>(g, i0, g.n - i0 < L ? g.n - i0 : L);
+  if (g.nc == L)
+    for (; i0 + L <= g.n; i0 += L) tile_block<T, true>(g, i0, L, ld);
+  for (; i0 < g.n; i0 += L) tile_block<T, false>(g, i0, g.n - i0 < L ? g.n - i0 : L, ld);
 }
 
 // ---------------------------------------------------------------------------
