@@ -1,6 +1,8 @@
 """effconv::conv2d (implicit-GEMM family) vs PyTorch (oneDNN on CPU, cuDNN on
 GPU) in NCHW and channels_last: forward, forward+backward, and for 1x1
-layers the fused bias+ReLU epilogue against conv followed by relu."""
+layers the fused bias+ReLU epilogue against conv followed by relu.
+effconv runs channels_last rows internally; 'effconv_nchw' gives it NCHW
+tensors (transposed in and out by its own layout copies)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +17,7 @@ from conftest import measure
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "conv2d.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-PROVIDERS = ["torch", "torch_cl", "effconv"]
+PROVIDERS = ["torch", "torch_cl", "effconv", "effconv_nchw"]
 
 
 def geometry(s):
@@ -38,7 +40,7 @@ def make(s, provider, requires_grad):
     x = torch.randn(s["N"], s["C"], s["H"], s["W"], device=DEVICE)
     w = torch.randn(s["K"], s["C"] // g, s["R"], s["S"], device=DEVICE) * 0.1
     b = torch.randn(s["K"], device=DEVICE)
-    if provider != "torch":  # effconv's internal layout is channels_last too
+    if provider in ("torch_cl", "effconv"):  # effconv's internal layout is channels_last too
         x = x.contiguous(memory_format=torch.channels_last)
     if provider == "torch_cl":
         w = w.contiguous(memory_format=torch.channels_last)
@@ -48,7 +50,7 @@ def make(s, provider, requires_grad):
 
 
 def conv_fn(provider, relu):
-    if provider == "effconv":
+    if provider.startswith("effconv"):
         return lambda x, w, b, a: effconv.functional.conv2d(x, w, b, *a, activation="relu" if relu else None)
     if relu:
         return lambda x, w, b, a: F.relu(F.conv2d(x, w, b, *a))
