@@ -53,6 +53,15 @@ at::Tensor contiguous_as(const at::Tensor& t) {
   return t.to(c10::CppTypeToScalarType<T>::value).contiguous();
 }
 
+// The work layout for a kernel that stores channels_last rows into `out`:
+// none (out itself, when its channels are contiguous per pixel: channels_last,
+// or a channel range of it) or a channels_last buffer transposed into out
+// afterwards (NCHW: storing channel by channel is slower than the transpose).
+inline c10::optional<at::MemoryFormat> rows_format(const at::Tensor& out) {
+  if (out.dim() == 4 && out.size(1) > 1 && out.stride(1) != 1) return at::MemoryFormat::ChannelsLast;
+  return c10::nullopt;
+}
+
 // Kernels write in the compute dtype. When the caller's output has another
 // dtype (float16/bfloat16), they write into a twin with the same strides that
 // commit() copies back; a kernel that needs a dense layout (`format`) also

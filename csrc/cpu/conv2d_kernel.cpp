@@ -1247,9 +1247,7 @@ void conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10
   if (out.numel() == 0) return;
   const at::ScalarType ct = compute_type(input.scalar_type());
   const at::Tensor x = as_nhwc(input, ct);
-  // The kernels store channels_last rows; an NCHW output is transposed into
-  // afterwards (copy_layout) rather than stored channel by channel.
-  OutBuffer ob(out, ct, at::MemoryFormat::ChannelsLast);
+  OutBuffer ob(out, ct, rows_format(out));
   // The weight is read (converted and made contiguous) only when it is packed.
   if (ct == at::kDouble)
     forward_typed<double>(x, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
@@ -1298,7 +1296,7 @@ void conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, 
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
   const at::Tensor dy = as_nhwc(grad_output, ct);
   const at::Tensor w = weight.to(ct).contiguous();
-  OutBuffer ob(grad_input, ct, at::MemoryFormat::ChannelsLast);
+  OutBuffer ob(grad_input, ct, rows_format(grad_input));
   if (ct == at::kDouble)
     grad_input_typed<double>(dy, w, s, ob.work());
   else
