@@ -369,6 +369,22 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const Con
 }
 
 // ---------------------------------------------------------------------------
+// The indirect kernel's arguments for one input row of grad_input: W pixels
+// of `channels` channels (their tap table and weights set per call).
+template <typename T>
+DwConvArgs<T> grad_input_row_args(const Conv2dShape& s, int64_t channels, int64_t cpad, const T* zero, T* const* c) {
+  DwConvArgs<T> args;
+  args.c = c;
+  args.zero = zero;
+  args.m = s.W;
+  args.ntaps = s.taps();
+  args.channels = channels;
+  args.c_begin = 0;
+  args.c_end = channels;
+  args.cpad = cpad;
+  return args;
+}
+
 template <typename T>
 void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2dShape& s, at::Tensor& dx) {
   const IsaKernels& isa = isa_kernels();
@@ -381,17 +397,9 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
   at::parallel_for(0, s.N * s.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> a(s.W * RS);
     std::vector<T*> c(s.W);
-    DwConvArgs<T> args;
+    DwConvArgs<T> args = grad_input_row_args<T>(s, C, cpad, zeros.data(), c.data());
     args.a = a.data();
-    args.c = c.data();
-    args.zero = zeros.data();
-    args.m = s.W;
-    args.ntaps = RS;
-    args.channels = C;
-    args.c_begin = 0;
-    args.c_end = C;
     args.w = wp.data();
-    args.cpad = cpad;
     for (int64_t nh = begin; nh < end; ++nh) {
       const int64_t n = nh / s.H, h = nh % s.H;
       for (int64_t kr = 0; kr < s.R; ++kr) {
@@ -437,15 +445,7 @@ void grad_input_blocked(const at::Tensor& grad_output, const at::Tensor& weight,
             a[(h * s.W + w) * RS + kr * s.S + ks] = q >= 0 ? tdy.data() + (p * s.Q + q) * L : zeros.data();
           }
       }
-    DwConvArgs<T> args;
-    args.c = c.data();
-    args.zero = zeros.data();
-    args.m = s.W;
-    args.ntaps = RS;
-    args.channels = L;
-    args.c_begin = 0;
-    args.c_end = L;
-    args.cpad = cpad;
+    DwConvArgs<T> args = grad_input_row_args<T>(s, L, cpad, zeros.data(), c.data());
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, c0 = item % blocks * L;
       dyt.load(isa, n, c0, tdy.data());
