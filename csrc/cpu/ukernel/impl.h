@@ -1518,6 +1518,21 @@ inline void tile_block(const TileArgs<T>& g, int64_t i0, int64_t ni, int64_t ld)
   }
 }
 
+// The last few pixels element by element: a 7x7 plane's 49th pixel cost a
+// whole block's masked loads, transpose and stores.
+template <typename T>
+inline void tile_tail(const TileArgs<T>& g, int64_t i0, int64_t ld) {
+  constexpr int L = VecTraits<T>::L;
+  const int64_t channels = g.to_tile && ld == L ? L : g.nc;
+  for (int64_t i = i0; i < g.n; ++i)
+    for (int64_t c = 0; c < channels; ++c) {
+      if (!g.to_tile)
+        g.planes[c][i] = g.tile[i * ld + c];
+      else
+        g.tile[i * ld + c] = c < g.nc ? g.planes[c][i] : T(0);
+    }
+}
+
 template <typename T>
 void tile(const TileArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
@@ -1525,7 +1540,8 @@ void tile(const TileArgs<T>& g) {
   int64_t i0 = 0;
   if (g.nc == L)
     for (; i0 + L <= g.n; i0 += L) tile_block<T, true>(g, i0, L, ld);
-  for (; i0 < g.n; i0 += L) tile_block<T, false>(g, i0, g.n - i0 < L ? g.n - i0 : L, ld);
+  for (; g.n - i0 > L / 4; i0 += L) tile_block<T, false>(g, i0, g.n - i0 < L ? g.n - i0 : L, ld);
+  if (i0 < g.n) tile_tail(g, i0, ld);
 }
 
 // ---------------------------------------------------------------------------
