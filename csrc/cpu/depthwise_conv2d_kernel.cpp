@@ -228,19 +228,21 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const Co
     PlaneTiles<const In, T> x(input, L);
     PlaneTiles<Out, T> y(out, L);
     std::vector<T> tin(x.pixels() * L), tout(y.pixels() * L);
-    std::vector<const T*> rows(s.R);
+    // Output row p's input rows in the tile: the same for every item.
+    std::vector<const T*> rows(s.P * s.R);
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t kr = 0; kr < s.R; ++kr) {
+        const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
+        rows[p * s.R + kr] = ih >= 0 && ih < s.H ? tin.data() + ih * s.W * L : nullptr;
+      }
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, c0 = item % blocks * L;
       x.load(isa, n, c0, tin.data());
       DwRowArgs<T> row = fwd.channels(c0, L, L);
-      row.rows = rows.data();
       row.ep.stat_sum = partials.sum(c0);
       row.ep.stat_sq = partials.sq(c0);
       for (int64_t p = 0; p < s.P; ++p) {
-        for (int64_t kr = 0; kr < s.R; ++kr) {
-          const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-          rows[kr] = ih >= 0 && ih < s.H ? tin.data() + ih * s.W * L : nullptr;
-        }
+        row.rows = rows.data() + p * s.R;
         row.out = tout.data() + p * s.Q * L;
         isa.dwrow(row);
       }
@@ -587,17 +589,6 @@ void grad_weight_blocked(const at::Tensor& dy, const at::Tensor& x, const Conv2d
   parts.finish(s, dw, db);
 }
 
-// A channels_last buffer in the compute dtype to write into: `out` itself
-// when it already is one, else a fresh one for commit_to().
-at::Tensor nhwc_work(const at::Tensor& out, at::ScalarType ct) {
-  if (out.scalar_type() == ct && out.is_contiguous(at::MemoryFormat::ChannelsLast)) return out;
-  return empty_pooled(out.sizes(), ct, /*channels_last=*/true);
-}
-
-void commit_to(at::Tensor& out, const at::Tensor& work) {
-  if (!work.is_same(out) && !copy_layout(work, out)) out.copy_(work);
-}
-
 Conv2dShape depthwise_shape(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && input.dim() == 4 && weight.size(0) % input.size(1) == 0,
@@ -629,12 +620,12 @@ void depthwise_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
   }
   if (nhwc) {
     const at::Tensor x = as_nhwc(input, ct);
-    at::Tensor work = nhwc_work(out, ct);
+    OutBuffer ob(out, ct, at::MemoryFormat::ChannelsLast);
     if (ct == at::kDouble)
-      forward_nhwc<double>(x, weight, s, bias, scale, shift, int(activation), work, stats);
+      forward_nhwc<double>(x, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
     else
-      forward_nhwc<float>(x, weight, s, bias, scale, shift, int(activation), work, stats);
-    commit_to(out, work);
+      forward_nhwc<float>(x, weight, s, bias, scale, shift, int(activation), ob.work(), stats);
+    ob.commit();
     return;
   }
   // NCHW (and other layouts): planes up to about 112x112 stride 2 in blocks
@@ -671,35 +662,33 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   // or for NCHW planes that fit, the blocked path.
   const int64_t fpad_h = (s.R - 1) * s.dil_h - s.pad_h, fpad_w = (s.S - 1) * s.dil_w - s.pad_w;
   const bool as_forward = s.stride_h == 1 && s.stride_w == 1 && fpad_h >= 0 && fpad_w >= 0;
+  const at::Tensor flipped = as_forward ? weight.flip({2, 3}) : at::Tensor();
+  const Conv2dShape fs =
+      as_forward ? make_conv2d_shape(grad_output, flipped, stride, {fpad_h, fpad_w}, dilation, s.C) : s;
   if (!channels_last_rows(grad_input) && blocked_fits(s)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "depthwise_grad_input", [&] {
       using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      if (as_forward) {
-        const at::Tensor flipped = weight.flip({2, 3});
-        const Conv2dShape fs = make_conv2d_shape(grad_output, flipped, stride, {fpad_h, fpad_w}, dilation, s.C);
+      if (as_forward)
         forward_blocked<scalar_t, T, scalar_t>(grad_output, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0,
                                                grad_input, c10::nullopt);
-      } else {
+      else
         grad_input_blocked<scalar_t, T>(grad_output, weight, s, grad_input);
-      }
     });
     return;
   }
   const at::Tensor dy = as_nhwc(grad_output, ct);
-  at::Tensor work = nhwc_work(grad_input, ct);
+  OutBuffer ob(grad_input, ct, at::MemoryFormat::ChannelsLast);
   if (as_forward) {
-    const at::Tensor flipped = weight.flip({2, 3});
-    const Conv2dShape fs = make_conv2d_shape(dy, flipped, stride, {fpad_h, fpad_w}, dilation, s.C);
     if (ct == at::kDouble)
-      forward_nhwc<double>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, work);
+      forward_nhwc<double>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, ob.work());
     else
-      forward_nhwc<float>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, work);
+      forward_nhwc<float>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, ob.work());
   } else if (ct == at::kDouble) {
-    grad_input_nhwc<double>(dy, weight, s, work);
+    grad_input_nhwc<double>(dy, weight, s, ob.work());
   } else {
-    grad_input_nhwc<float>(dy, weight, s, work);
+    grad_input_nhwc<float>(dy, weight, s, ob.work());
   }
-  commit_to(grad_input, work);
+  ob.commit();
 }
 
 void depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef stride,
