@@ -1054,40 +1054,78 @@ void dwconv(const DwConvArgs<T>& g) {
 constexpr int kDwRowPix = EFFCONV_VEC_REGS >= 32 ? 8 : 4;
 constexpr int kDwRowVec = EFFCONV_VEC_REGS >= 32 ? 2 : 1;
 
-// Epilogue and store of a dwrow block's QB x NVC accumulators (qv valid pixels when CHECK).
+// Epilogue and store of a dwrow block's QB x NVC accumulators (qv valid
+// pixels when CHECK), in place. Each choice (bias, scale, shift, activation,
+// statistics, store kind) is tested once per block, each then runs as an
+// unrolled pass over the accumulators: testing them per vector cost the
+// sliding kernel as many instructions as its multiply-adds. The operations
+// and their order are apply_epilogue's.
 template <typename T, int QB, int NVC, bool FULL, bool CHECK>
-inline void dwrow_store(const DwRowArgs<T>& g, const vec_t<T> (&acc)[QB][NVC], int64_t q0, int64_t qv, int64_t c0,
-                        int64_t nlast) {
+__attribute__((always_inline)) inline void dwrow_store(const DwRowArgs<T>& g, vec_t<T> (&acc)[QB][NVC], int64_t q0,
+                                                       int64_t qv, int64_t c0, int64_t nlast) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
-  V ssum[NVC], ssq[NVC];
+  const EpilogueArgs<T>& ep = g.ep;
+  auto each = [&](const T* operand, auto&& f) {
+    if (!operand) return;
 #pragma GCC unroll 8
-  for (int v = 0; v < NVC; ++v) ssum[v] = ssq[v] = V{};
+    for (int v = 0; v < NVC; ++v) {
+      const V o = vload(operand + c0 + v * L);
+#pragma GCC unroll 16
+      for (int j = 0; j < QB; ++j) acc[j][v] = f(acc[j][v], o);
+    }
+  };
+  each(ep.bias, [](V z, V o) { return z + o; });
+  each(ep.scale, [](V z, V o) { return z * o; });
+  each(ep.shift, [](V z, V o) { return z + o; });
+  auto activate_all = [&](auto act) {
+#pragma GCC unroll 16
+    for (int j = 0; j < QB; ++j)
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) acc[j][v] = activate<T>(acc[j][v], int(decltype(act)::value));
+  };
+  switch (static_cast<Activation>(ep.act)) {
+    case Activation::kReLU:
+      activate_all(std::integral_constant<Activation, Activation::kReLU>());
+      break;
+    case Activation::kReLU6:
+      activate_all(std::integral_constant<Activation, Activation::kReLU6>());
+      break;
+    case Activation::kSiLU:
+      activate_all(std::integral_constant<Activation, Activation::kSiLU>());
+      break;
+    default:
+      break;
+  }
+  if (ep.stat_sum) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) {
+      V sum{}, sq{};
+#pragma GCC unroll 16
+      for (int j = 0; j < QB; ++j) {
+        if (CHECK && j >= qv) break;
+        sum += acc[j][v];
+        sq += acc[j][v] * acc[j][v];
+      }
+      add_stats(ep, c0 + v * L, sum, sq, FULL ? L : nlast);
+    }
+  }
   T* const out = g.out + q0 * g.out_ps + c0;
   const int64_t ps = g.out_ps;
-  const bool stream = g.stream, stats = g.ep.stat_sum != nullptr;
-#pragma GCC unroll 8
-  for (int v = 0; v < NVC; ++v) {
-    const ColumnEpilogue<T> ep(g.ep, c0 + v * L);
+  auto store = [&](auto&& put) {
 #pragma GCC unroll 16
     for (int j = 0; j < QB; ++j) {
       if (CHECK && j >= qv) break;
-      T* dst = out + j * ps + v * L;
-      const V z = ep(acc[j][v]);
-      if (stats) {
-        ssum[v] += z;
-        ssq[v] += z * z;
-      }
-      if (!FULL)
-        vstore_n(dst, z, nlast);
-      else if (stream)
-        vstream(dst, z);
-      else
-        vstore(dst, z);
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) put(out + j * ps + v * L, acc[j][v]);
     }
-  }
-  if (stats)
-    for (int v = 0; v < NVC; ++v) add_stats(g.ep, c0 + v * L, ssum[v], ssq[v], FULL ? L : nlast);
+  };
+  if (!FULL)
+    store([&](T* p, V z) { vstore_n(p, z, nlast); });
+  else if (g.stream)
+    store([](T* p, V z) { vstream(p, z); });
+  else
+    store([](T* p, V z) { vstore(p, z); });
 }
 
 template <typename T, int QB, int NVC, bool FULL, bool CHECK>
@@ -1151,7 +1189,12 @@ constexpr int dwslide_qb() {
   return EFFCONV_VEC_REGS >= 32 ? 16 : (S <= 3 ? 10 : S <= 5 ? 8 : 6);
 }
 
-template <typename T, int S, int ST, bool FULL, bool CHECK>
+// RR: the kernel height when known at compile time (the rows loop then
+// unrolls: GCC keeps a runtime-trip loop's accumulators moving between
+// registers, ~1.5x the time per block), 0 for g.R at run time. A CHECK
+// block reads only columns [xlo, xhi): inside the row and read by one of
+// its qv valid outputs.
+template <typename T, int S, int ST, int RR, bool FULL, bool CHECK>
 inline void dwslide_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c0, int64_t nlast) {
   using V = vec_t<T>;
   constexpr int QB = dwslide_qb<S>();
@@ -1159,20 +1202,28 @@ inline void dwslide_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t
   V acc[QB][1];
 #pragma GCC unroll 16
   for (int j = 0; j < QB; ++j) acc[j][0] = V{};
+  // Locals, not g's fields: the stores below may alias g as far as the compiler knows.
+  const int64_t C = g.C, cpad = g.cpad;
   const int64_t iw0 = q0 * ST - g.pad;
-  const int64_t span = CHECK ? (qv - 1) * ST + S : SPAN;  // input columns the valid outputs read
-  for (int64_t r = 0; r < g.R; ++r) {
-    if (!g.rows[r]) continue;
-    const T* row = g.rows[r] + c0;
-    const T* wr = g.w + r * S * g.cpad + c0;
+  int64_t xlo = 0, xhi = SPAN;
+  if (CHECK) {
+    xlo = iw0 < 0 ? -iw0 : 0;
+    xhi = (qv - 1) * ST + S;
+    if (xhi > g.W - iw0) xhi = g.W - iw0;
+  }
+  const T* const* rows = g.rows;
+  const T* const wbase = g.w + c0;
+  auto kernel_row = [&](int64_t r) __attribute__((always_inline)) {
+    if (!rows[r]) return;
+    const T* row = rows[r] + c0 + iw0 * C;
+    const T* wr = wbase + r * S * cpad;
     V wv[S];
 #pragma GCC unroll 8
-    for (int s = 0; s < S; ++s) wv[s] = vload(wr + s * g.cpad);
+    for (int s = 0; s < S; ++s) wv[s] = vload(wr + s * cpad);
 #pragma GCC unroll 64
     for (int x = 0; x < SPAN; ++x) {
-      const int64_t iw = iw0 + x;
-      if (CHECK && (x >= span || iw < 0 || iw >= g.W)) continue;
-      const T* src = row + iw * g.C;
+      if (CHECK && (x < xlo || x >= xhi)) continue;
+      const T* src = row + x * C;
       const V in = FULL ? vload(src) : vload_n(src, nlast);
 #pragma GCC unroll 8
       for (int s = 0; s < S; ++s) {
@@ -1181,13 +1232,19 @@ inline void dwslide_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t
         acc[d / ST][0] += in * wv[s];
       }
     }
+  };
+  if constexpr (RR > 0) {
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) kernel_row(r);
+  } else {
+    for (int64_t r = 0; r < g.R; ++r) kernel_row(r);
   }
   dwrow_store<T, QB, 1, FULL, CHECK>(g, acc, q0, qv, c0, nlast);
 }
 
 // Channel vectors outside, pixel blocks inside: one vector's columns of the
 // R input rows stay in L1 while the window slides along the row.
-template <typename T, int S, int ST, bool FULL>
+template <typename T, int S, int ST, int RR, bool FULL>
 inline void dwslide_vector(const DwRowArgs<T>& g, int64_t c0, int64_t nlast) {
   constexpr int QB = dwslide_qb<S>();
   // Kernel rows from fresh_from on were not read by the previous output row:
@@ -1200,19 +1257,26 @@ inline void dwslide_vector(const DwRowArgs<T>& g, int64_t c0, int64_t nlast) {
     }
   for (int64_t q = 0; q < g.Q; q += QB) {
     if (q >= g.q_lo && q + QB <= g.q_hi)
-      dwslide_block<T, S, ST, FULL, false>(g, q, QB, c0, nlast);
+      dwslide_block<T, S, ST, RR, FULL, false>(g, q, QB, c0, nlast);
     else
-      dwslide_block<T, S, ST, FULL, true>(g, q, g.Q - q < QB ? g.Q - q : QB, c0, nlast);
+      dwslide_block<T, S, ST, RR, FULL, true>(g, q, g.Q - q < QB ? g.Q - q : QB, c0, nlast);
   }
+}
+
+template <typename T, int S, int ST, int RR>
+void dwslide_channels(const DwRowArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  const int64_t full_end = g.C / L * L;
+  int64_t c0 = 0;
+  for (; c0 < full_end; c0 += L) dwslide_vector<T, S, ST, RR, true>(g, c0, L);
+  if (c0 < g.C) dwslide_vector<T, S, ST, RR, false>(g, c0, g.C - c0);
 }
 
 template <typename T, int S, int ST>
 void dwslide_row(const DwRowArgs<T>& g) {
-  constexpr int L = VecTraits<T>::L;
-  const int64_t full_end = g.C / L * L;
-  int64_t c0 = 0;
-  for (; c0 < full_end; c0 += L) dwslide_vector<T, S, ST, true>(g, c0, L);
-  if (c0 < g.C) dwslide_vector<T, S, ST, false>(g, c0, g.C - c0);
+  // Square kernels (the common case) unroll their rows.
+  if (g.R == S) return dwslide_channels<T, S, ST, S>(g);
+  dwslide_channels<T, S, ST, 0>(g);
 }
 
 template <typename T>
