@@ -387,6 +387,21 @@ DwConvArgs<T> grad_input_row_args(const Conv2dShape& s, int64_t channels, int64_
   return args;
 }
 
+// The order in which the indirect kernel visits a row's W pixels: grouped
+// by (w + pad) % stride, the class that decides which kernel columns reach
+// w (tap s does when (w + pad - s * dil) % stride == 0). Its blocks of
+// neighbouring pixels then share their zero taps, which it skips; in
+// natural order every block mixed the classes and a stride-2 3x3 kernel
+// multiplied all three columns' taps, two thirds of them by zero vectors.
+inline std::vector<int64_t> grad_input_pixel_order(const Conv2dShape& s) {
+  std::vector<int64_t> order;
+  order.reserve(s.W);
+  for (int64_t cls = 0; cls < s.stride_w; ++cls)
+    for (int64_t w = 0; w < s.W; ++w)
+      if ((w + s.pad_w) % s.stride_w == cls) order.push_back(w);
+  return order;
+}
+
 template <typename T>
 void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2dShape& s, at::Tensor& dx) {
   const IsaKernels& isa = isa_kernels();
@@ -396,25 +411,30 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
   const T* dyp = dy.data_ptr<T>();
   T* dxp = dx.data_ptr<T>();
   const int64_t xn = dx.stride(0), xh = dx.stride(2), xw = dx.stride(3);
+  const std::vector<int64_t> order = grad_input_pixel_order(s);
+  // As the forward's outputs: streamed past the caches when beyond them.
+  const bool stream = dx.numel() * int64_t(sizeof(T)) > (8 << 20) && (xw * int64_t(sizeof(T))) % 64 == 0 &&
+                      reinterpret_cast<uintptr_t>(dxp) % 64 == 0;
   at::parallel_for(0, s.N * s.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> a(s.W * RS);
     std::vector<T*> c(s.W);
     DwConvArgs<T> args = grad_input_row_args<T>(s, C, cpad, zeros.data(), c.data());
     args.a = a.data();
     args.w = wp.data();
+    args.stream = stream;
     for (int64_t nh = begin; nh < end; ++nh) {
       const int64_t n = nh / s.H, h = nh % s.H;
       for (int64_t kr = 0; kr < s.R; ++kr) {
         // The output row whose tap kr read input row h, if any.
         const int64_t p = conv_out_coord(h, kr, s.stride_h, s.pad_h, s.dil_h, s.P);
         const T* dyrow = dyp + (n * s.P + p) * s.Q * C;
-        for (int64_t w = 0; w < s.W; ++w)
+        for (int64_t i = 0; i < s.W; ++i)
           for (int64_t ks = 0; ks < s.S; ++ks) {
-            const int64_t q = p < 0 ? -1 : conv_out_coord(w, ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
-            a[w * RS + kr * s.S + ks] = q >= 0 ? dyrow + q * C : zeros.data();
+            const int64_t q = p < 0 ? -1 : conv_out_coord(order[i], ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
+            a[i * RS + kr * s.S + ks] = q >= 0 ? dyrow + q * C : zeros.data();
           }
       }
-      for (int64_t w = 0; w < s.W; ++w) c[w] = dxp + n * xn + h * xh + w * xw;
+      for (int64_t i = 0; i < s.W; ++i) c[i] = dxp + n * xn + h * xh + order[i] * xw;
       isa.dwconv(args);
     }
   });
@@ -431,6 +451,7 @@ void grad_input_blocked(const at::Tensor& grad_output, const at::Tensor& weight,
   const int64_t L = isa.lanes<T>(), RS = s.taps(), cpad = ceil_div(s.C, L) * L, blocks = cpad / L;
   const std::vector<T> wp = pack_depthwise_weight<T>(weight, RS, cpad);
   const std::vector<T> zeros(L, T(0));
+  const std::vector<int64_t> order = grad_input_pixel_order(s);
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
     PlaneTiles<const In, T> dyt(grad_output, L);
     PlaneTiles<In, T> dxt(grad_input, L);
@@ -441,10 +462,10 @@ void grad_input_blocked(const at::Tensor& grad_output, const at::Tensor& weight,
     for (int64_t h = 0; h < s.H; ++h)
       for (int64_t kr = 0; kr < s.R; ++kr) {
         const int64_t p = conv_out_coord(h, kr, s.stride_h, s.pad_h, s.dil_h, s.P);
-        for (int64_t w = 0; w < s.W; ++w)
+        for (int64_t i = 0; i < s.W; ++i)
           for (int64_t ks = 0; ks < s.S; ++ks) {
-            const int64_t q = p < 0 ? -1 : conv_out_coord(w, ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
-            a[(h * s.W + w) * RS + kr * s.S + ks] = q >= 0 ? tdy.data() + (p * s.Q + q) * L : zeros.data();
+            const int64_t q = p < 0 ? -1 : conv_out_coord(order[i], ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
+            a[(h * s.W + i) * RS + kr * s.S + ks] = q >= 0 ? tdy.data() + (p * s.Q + q) * L : zeros.data();
           }
       }
     DwConvArgs<T> args = grad_input_row_args<T>(s, L, cpad, zeros.data(), c.data());
@@ -454,7 +475,7 @@ void grad_input_blocked(const at::Tensor& grad_output, const at::Tensor& weight,
       args.w = wp.data() + c0;
       for (int64_t h = 0; h < s.H; ++h) {
         args.a = a.data() + h * s.W * RS;
-        for (int64_t w = 0; w < s.W; ++w) c[w] = tdx.data() + (h * s.W + w) * L;
+        for (int64_t i = 0; i < s.W; ++i) c[i] = tdx.data() + (h * s.W + order[i]) * L;
         isa.dwconv(args);
       }
       dxt.store(isa, n, c0, tdx.data());

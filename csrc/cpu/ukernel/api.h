@@ -199,6 +199,7 @@ struct DwConvArgs {
   const int64_t* tap_index = nullptr;   // weight tap of call tap t (null: t)
   int64_t cpad = 0;
   T* const* c = nullptr;                // output pixel pointers (channel stride 1)
+  bool stream = false;                  // non-temporal stores (caller checked 64-byte alignment of every pixel)
   EpilogueArgs<T> ep;                   // padded to cpad
 };
 

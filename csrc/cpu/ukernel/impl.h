@@ -176,33 +176,6 @@ inline vec_t<T> apply_epilogue(vec_t<T> z, const EpilogueArgs<T>& ep, int64_t co
   return activate<T>(z, ep.act);
 }
 
-// apply_epilogue for one vector of columns with its operands loaded once:
-// stores through the output may alias them as far as the compiler knows, so
-// a loop calling apply_epilogue per pixel reloads the operand pointers and
-// vectors and re-tests which exist for every pixel (the direct depthwise
-// row's stores took as many instructions as its multiply-adds).
-template <typename T>
-struct ColumnEpilogue {
-  vec_t<T> bias{}, scale{}, shift{};
-  bool has_bias, has_scale, has_shift;
-  int act;
-
-  ColumnEpilogue(const EpilogueArgs<T>& ep, int64_t col)
-      : has_bias(ep.bias != nullptr), has_scale(ep.scale != nullptr), has_shift(ep.shift != nullptr), act(ep.act) {
-    if (has_bias) bias = vload(ep.bias + col);
-    if (has_scale) scale = vload(ep.scale + col);
-    if (has_shift) shift = vload(ep.shift + col);
-  }
-
-  // The same operations, in the same order, as apply_epilogue.
-  vec_t<T> operator()(vec_t<T> z) const {
-    if (has_bias) z += bias;
-    if (has_scale) z *= scale;
-    if (has_shift) z += shift;
-    return activate<T>(z, act);
-  }
-};
-
 // Adds the first n lanes of per-column partial sums to the epilogue's
 // batch-statistics arrays (double: sums over millions of pixels).
 template <typename T>
@@ -974,6 +947,74 @@ void gconvrow(const GConvRowArgs<T>& g) {
     gslide_row<T, 3, 2>(g, base);
 }
 
+// The epilogue of a block of QB pixels x NVC channel vectors (from column
+// c0), in place. Each choice (bias, scale, shift, activation) is tested once
+// per block and then runs as an unrolled pass over the accumulators: testing
+// them per vector cost the sliding depthwise kernel as many instructions as
+// its multiply-adds. The operations and their order are apply_epilogue's.
+template <typename T, int QB, int NVC>
+__attribute__((always_inline)) inline void epilogue_block(const EpilogueArgs<T>& ep, vec_t<T> (&acc)[QB][NVC],
+                                                          int64_t c0) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  auto each = [&](const T* operand, auto&& f) {
+    if (!operand) return;
+#pragma GCC unroll 8
+    for (int v = 0; v < NVC; ++v) {
+      const V o = vload(operand + c0 + v * L);
+#pragma GCC unroll 16
+      for (int j = 0; j < QB; ++j) acc[j][v] = f(acc[j][v], o);
+    }
+  };
+  each(ep.bias, [](V z, V o) { return z + o; });
+  each(ep.scale, [](V z, V o) { return z * o; });
+  each(ep.shift, [](V z, V o) { return z + o; });
+  auto activate_all = [&](auto act) {
+#pragma GCC unroll 16
+    for (int j = 0; j < QB; ++j)
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) acc[j][v] = activate<T>(acc[j][v], int(decltype(act)::value));
+  };
+  switch (static_cast<Activation>(ep.act)) {
+    case Activation::kReLU:
+      activate_all(std::integral_constant<Activation, Activation::kReLU>());
+      break;
+    case Activation::kReLU6:
+      activate_all(std::integral_constant<Activation, Activation::kReLU6>());
+      break;
+    case Activation::kSiLU:
+      activate_all(std::integral_constant<Activation, Activation::kSiLU>());
+      break;
+    default:
+      break;
+  }
+}
+
+// Stores of a block's first n (<= QB) pixels, pixel j's NVC vectors at
+// dst(j) + v * L: partial vectors (FULL false: nlast lanes), streamed past
+// the caches, or plain. The store kind is tested once per block.
+template <typename T, int QB, int NVC, bool FULL, typename Dst>
+__attribute__((always_inline)) inline void store_block(const vec_t<T> (&acc)[QB][NVC], int64_t n, int64_t nlast,
+                                                       bool stream, const Dst& dst) {
+  constexpr int L = VecTraits<T>::L;
+  using V = vec_t<T>;
+  auto store = [&](auto&& put) {
+#pragma GCC unroll 16
+    for (int j = 0; j < QB; ++j) {
+      if (j >= n) break;
+      T* const p = dst(j);
+#pragma GCC unroll 8
+      for (int v = 0; v < NVC; ++v) put(p + v * L, acc[j][v]);
+    }
+  };
+  if (!FULL)
+    store([&](T* p, V z) { vstore_n(p, z, nlast); });
+  else if (stream)
+    store([](T* p, V z) { vstream(p, z); });
+  else
+    store([](T* p, V z) { vstore(p, z); });
+}
+
 // ---------------------------------------------------------------------------
 // Depthwise convolution over channels_last pixels (see DwConvArgs): blocks of
 // QB pixels x NVC channel vectors of accumulators; each tap loads its weight
@@ -1012,27 +1053,9 @@ void dw_block(const DwConvArgs<T>& g, int64_t i0, int64_t qv, int64_t c0, int64_
         acc[j][v] += (FULL ? vload(src) : vload_n(src, nlast)) * wv[v];
       }
   }
-  if (qv == QB) {
-#pragma GCC unroll 8
-    for (int j = 0; j < QB; ++j)
-#pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) {
-        const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
-        if (FULL)
-          vstore(g.c[i0 + j] + c0 + v * L, z);
-        else
-          vstore_n(g.c[i0 + j] + c0 + v * L, z, nlast);
-      }
-    return;
-  }
-  for (int64_t j = 0; j < qv; ++j)
-    for (int v = 0; v < NVC; ++v) {
-      const V z = apply_epilogue<T>(acc[j][v], g.ep, c0 + v * L);
-      if (FULL)
-        vstore(g.c[i0 + j] + c0 + v * L, z);
-      else
-        vstore_n(g.c[i0 + j] + c0 + v * L, z, nlast);
-    }
+  epilogue_block<T, QB, NVC>(g.ep, acc, c0);
+  T* const* const c = g.c;
+  store_block<T, QB, NVC, FULL>(acc, qv, nlast, g.stream, [&](int j) { return c[i0 + j] + c0; });
 }
 
 template <typename T>
@@ -1054,56 +1077,23 @@ void dwconv(const DwConvArgs<T>& g) {
 constexpr int kDwRowPix = EFFCONV_VEC_REGS >= 32 ? 8 : 4;
 constexpr int kDwRowVec = EFFCONV_VEC_REGS >= 32 ? 2 : 1;
 
-// Epilogue and store of a dwrow block's QB x NVC accumulators (qv valid
-// pixels when CHECK), in place. Each choice (bias, scale, shift, activation,
-// statistics, store kind) is tested once per block, each then runs as an
-// unrolled pass over the accumulators: testing them per vector cost the
-// sliding kernel as many instructions as its multiply-adds. The operations
-// and their order are apply_epilogue's.
+// Epilogue, batch statistics and store of a dwrow block's QB x NVC
+// accumulators (qv valid pixels when CHECK).
 template <typename T, int QB, int NVC, bool FULL, bool CHECK>
 __attribute__((always_inline)) inline void dwrow_store(const DwRowArgs<T>& g, vec_t<T> (&acc)[QB][NVC], int64_t q0,
                                                        int64_t qv, int64_t c0, int64_t nlast) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
   const EpilogueArgs<T>& ep = g.ep;
-  auto each = [&](const T* operand, auto&& f) {
-    if (!operand) return;
-#pragma GCC unroll 8
-    for (int v = 0; v < NVC; ++v) {
-      const V o = vload(operand + c0 + v * L);
-#pragma GCC unroll 16
-      for (int j = 0; j < QB; ++j) acc[j][v] = f(acc[j][v], o);
-    }
-  };
-  each(ep.bias, [](V z, V o) { return z + o; });
-  each(ep.scale, [](V z, V o) { return z * o; });
-  each(ep.shift, [](V z, V o) { return z + o; });
-  auto activate_all = [&](auto act) {
-#pragma GCC unroll 16
-    for (int j = 0; j < QB; ++j)
-#pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) acc[j][v] = activate<T>(acc[j][v], int(decltype(act)::value));
-  };
-  switch (static_cast<Activation>(ep.act)) {
-    case Activation::kReLU:
-      activate_all(std::integral_constant<Activation, Activation::kReLU>());
-      break;
-    case Activation::kReLU6:
-      activate_all(std::integral_constant<Activation, Activation::kReLU6>());
-      break;
-    case Activation::kSiLU:
-      activate_all(std::integral_constant<Activation, Activation::kSiLU>());
-      break;
-    default:
-      break;
-  }
+  epilogue_block<T, QB, NVC>(ep, acc, c0);
+  const int64_t n = CHECK ? qv : QB;
   if (ep.stat_sum) {
 #pragma GCC unroll 8
     for (int v = 0; v < NVC; ++v) {
       V sum{}, sq{};
 #pragma GCC unroll 16
       for (int j = 0; j < QB; ++j) {
-        if (CHECK && j >= qv) break;
+        if (j >= n) break;
         sum += acc[j][v];
         sq += acc[j][v] * acc[j][v];
       }
@@ -1112,20 +1102,7 @@ __attribute__((always_inline)) inline void dwrow_store(const DwRowArgs<T>& g, ve
   }
   T* const out = g.out + q0 * g.out_ps + c0;
   const int64_t ps = g.out_ps;
-  auto store = [&](auto&& put) {
-#pragma GCC unroll 16
-    for (int j = 0; j < QB; ++j) {
-      if (CHECK && j >= qv) break;
-#pragma GCC unroll 8
-      for (int v = 0; v < NVC; ++v) put(out + j * ps + v * L, acc[j][v]);
-    }
-  };
-  if (!FULL)
-    store([&](T* p, V z) { vstore_n(p, z, nlast); });
-  else if (g.stream)
-    store([](T* p, V z) { vstream(p, z); });
-  else
-    store([](T* p, V z) { vstore(p, z); });
+  store_block<T, QB, NVC, FULL>(acc, n, nlast, g.stream, [&](int j) { return out + j * ps; });
 }
 
 template <typename T, int QB, int NVC, bool FULL, bool CHECK>
