@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 #include "effconv/checks.h"
 #include "effconv/conv2d_shape.h"
 #include "effconv/shapes.h"
@@ -13,6 +17,15 @@
 
 namespace effconv {
 namespace cpu {
+
+// Non-temporal stores (the kernels' `stream` outputs) are weakly ordered:
+// each thread fences its own before leaving a parallel region, so the
+// results are visible to whoever reads them after it.
+inline void store_fence() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_sfence();
+#endif
+}
 
 // Kernels compute in double for float64 and in float for everything else
 // (float16/bfloat16 operands are widened once, accumulated in fp32).

@@ -125,6 +125,7 @@ void for_each_tile(int64_t tiles, int64_t max_rows, int64_t max_taps, int64_t sp
       }
       compute(tile, item % splits, rows, a.data(), c.data());
     }
+    store_fence();
   });
 }
 

@@ -139,6 +139,7 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dSha
       row.out = op + n * on + p * oh;
       isa.dwrow(row);
     }
+    store_fence();
   });
   partials.finish(s.C, [](int64_t k) { return k; });
 }
@@ -413,8 +414,9 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
   const int64_t xn = dx.stride(0), xh = dx.stride(2), xw = dx.stride(3);
   const std::vector<int64_t> order = grad_input_pixel_order(s);
   // As the forward's outputs: streamed past the caches when beyond them.
-  const bool stream = dx.numel() * int64_t(sizeof(T)) > (8 << 20) && (xw * int64_t(sizeof(T))) % 64 == 0 &&
-                      reinterpret_cast<uintptr_t>(dxp) % 64 == 0;
+  const int64_t sz = sizeof(T);
+  const bool stream = dx.numel() * sz > (8 << 20) && (xw * sz) % 64 == 0 && (xh * sz) % 64 == 0 &&
+                      (xn * sz) % 64 == 0 && reinterpret_cast<uintptr_t>(dxp) % 64 == 0;
   at::parallel_for(0, s.N * s.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> a(s.W * RS);
     std::vector<T*> c(s.W);
@@ -437,6 +439,7 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
       for (int64_t i = 0; i < s.W; ++i) c[i] = dxp + n * xn + h * xh + order[i] * xw;
       isa.dwconv(args);
     }
+    store_fence();
   });
 }
 

@@ -966,9 +966,11 @@ __attribute__((always_inline)) inline void epilogue_block(const EpilogueArgs<T>&
       for (int j = 0; j < QB; ++j) acc[j][v] = f(acc[j][v], o);
     }
   };
-  each(ep.bias, [](V z, V o) { return z + o; });
-  each(ep.scale, [](V z, V o) { return z * o; });
-  each(ep.shift, [](V z, V o) { return z + o; });
+  // Lambdas here capture (`[&]`): a captureless one's function-pointer thunk
+  // is compiled without the ISA's target (GCC warns -Wpsabi for AVX2).
+  each(ep.bias, [&](V z, V o) { return z + o; });
+  each(ep.scale, [&](V z, V o) { return z * o; });
+  each(ep.shift, [&](V z, V o) { return z + o; });
   auto activate_all = [&](auto act) {
 #pragma GCC unroll 16
     for (int j = 0; j < QB; ++j)
@@ -1010,9 +1012,9 @@ __attribute__((always_inline)) inline void store_block(const vec_t<T> (&acc)[QB]
   if (!FULL)
     store([&](T* p, V z) { vstore_n(p, z, nlast); });
   else if (stream)
-    store([](T* p, V z) { vstream(p, z); });
+    store([&](T* p, V z) { vstream(p, z); });
   else
-    store([](T* p, V z) { vstore(p, z); });
+    store([&](T* p, V z) { vstore(p, z); });
 }
 
 // ---------------------------------------------------------------------------
