@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from depthwise_cases import DW_BY_NAME, DW_CASES
+from depthwise_cases import DW_BY_NAME, DW_CASES, dw
 from helpers import assert_close
 from test_conv2d import run_case
 
@@ -43,6 +43,18 @@ def test_depthwise_low_precision(case, layout, dtype, gen):
 def test_depthwise_epilogue(layout, activation, gen):
     for name in ("dw3x3_s2", "dw3x3_odd_channels", "dw3x3_big_plane", "dw3x3_plane_path"):
         run_case(DW_BY_NAME[name], torch.float32, layout, gen=gen, activation=activation, epilogue=True)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_streamed_outputs(stride, gen):
+    """Results past 8 MB are stored non-temporally: the forward's output at
+    stride 1, grad_input at both strides (stride 1 as a forward of the flipped
+    kernel, stride 2 through the indirect kernel's pixel classes)."""
+    case = dw("dw3x3_streamed", 2, 64, 130, 130, 3, 3, stride=stride, padding=1)
+    x, y, grads = run_case(case, torch.float32, "channels_last", gen=gen, dy_like_output=True)
+    assert grads[0].numel() * grads[0].element_size() > 8 << 20
+    assert stride == 2 or y.numel() * y.element_size() > 8 << 20
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_routes_to_depthwise(gen):
