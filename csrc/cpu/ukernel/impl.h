@@ -180,13 +180,16 @@ inline vec_t<T> apply_epilogue(vec_t<T> z, const EpilogueArgs<T>& ep, int64_t co
 // batch-statistics arrays (double: sums over millions of pixels).
 template <typename T>
 inline void add_stats(const EpilogueArgs<T>& ep, int64_t col, vec_t<T> sum, vec_t<T> sq, int64_t n) {
-  T ts[VecTraits<T>::L], tq[VecTraits<T>::L];
-  vstore(ts, sum);
-  vstore(tq, sq);
+  // GCC 12 reports the lanes "may be used uninitialized" wherever this is
+  // inlined into a block with a partial pixel count (a false positive: every
+  // caller initialises both vectors); the diagnostic is silenced here only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
   for (int64_t l = 0; l < n; ++l) {
-    ep.stat_sum[col + l] += ts[l];
-    ep.stat_sq[col + l] += tq[l];
+    ep.stat_sum[col + l] += sum[l];
+    ep.stat_sq[col + l] += sq[l];
   }
+#pragma GCC diagnostic pop
 }
 
 constexpr int kMr1 = ukernel_mr(EFFCONV_VEC_REGS, 1);
