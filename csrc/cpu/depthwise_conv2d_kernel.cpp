@@ -413,6 +413,12 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
   T* dxp = dx.data_ptr<T>();
   const int64_t xn = dx.stride(0), xh = dx.stride(2), xw = dx.stride(3);
   const std::vector<int64_t> order = grad_input_pixel_order(s);
+  // The output column each (pixel, kernel column) reads, -1 for none: the
+  // same for every row, so built once (per row it cost 3-13% of the op).
+  std::vector<int64_t> qcol(s.W * s.S);
+  for (int64_t i = 0; i < s.W; ++i)
+    for (int64_t ks = 0; ks < s.S; ++ks)
+      qcol[i * s.S + ks] = conv_out_coord(order[i], ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
   // As the forward's outputs: streamed past the caches when beyond them.
   const int64_t sz = sizeof(T);
   const bool stream = dx.numel() * sz > (8 << 20) && (xw * sz) % 64 == 0 && (xh * sz) % 64 == 0 &&
@@ -432,7 +438,7 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2
         const T* dyrow = dyp + (n * s.P + p) * s.Q * C;
         for (int64_t i = 0; i < s.W; ++i)
           for (int64_t ks = 0; ks < s.S; ++ks) {
-            const int64_t q = p < 0 ? -1 : conv_out_coord(order[i], ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
+            const int64_t q = p < 0 ? -1 : qcol[i * s.S + ks];
             a[i * RS + kr * s.S + ks] = q >= 0 ? dyrow + q * C : zeros.data();
           }
       }
