@@ -30,6 +30,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stats") = py::none(), nogil);
   m.def("depthwise_conv2d_grad_input_cpu", &effconv::cpu::depthwise_conv2d_grad_input, nogil);
   m.def("depthwise_conv2d_grad_weight_cpu", &effconv::cpu::depthwise_conv2d_grad_weight, nogil);
+  m.def("depthwise_conv2d_backward_cpu", &effconv::cpu::depthwise_conv2d_backward, nogil);
   m.def("epilogue_cpu", &effconv::cpu::epilogue, nogil);
   m.def("max_pool2d_forward_cpu", &effconv::cpu::max_pool2d_forward, nogil);
   m.def("max_pool2d_backward_cpu", &effconv::cpu::max_pool2d_backward, nogil);

@@ -25,6 +25,14 @@ def test_depthwise_fp64(case, layout, gen):
     run_case(case, torch.float64, layout, gen=gen)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [c.param() for c in DW_CASES])
+def test_depthwise_channels_last_grad_output(case, dtype, gen):
+    """An output gradient in the output's layout (as a channels_last network
+    passes it): the one-pass backward (effconv::depthwise_conv2d_backward)."""
+    run_case(case, dtype, "channels_last", gen=gen, dy_like_output=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", [DW_BY_NAME[n].param() for n in
@@ -134,6 +142,52 @@ def test_opcheck_depthwise():
     dy = torch.randn(2, 8, 7, 9, requires_grad=True)
     torch.library.opcheck(ops.depthwise_conv2d_grad_input.default, (dy, w, [2, 8, 7, 9], [1, 1], [1, 1], [1, 1]))
     torch.library.opcheck(ops.depthwise_conv2d_grad_weight.default, (dy, x, [8, 1, 3, 3], [1, 1], [1, 1], [1, 1]))
+    dyc = dy.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(ops.depthwise_conv2d_backward.default, (dy, x, w, [1, 1], [1, 1], [1, 1]))
+    torch.library.opcheck(ops.depthwise_conv2d_backward.default, (dyc, xc, w, [1, 1], [1, 1], [1, 1]))
+    torch.library.opcheck(ops.depthwise_conv2d_backward.default, (dyc[:, :, :4, :5], xc, w, [2, 2], [1, 1], [1, 1]))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_depthwise_backward_op(layout, backend, gen):
+    """effconv::depthwise_conv2d_backward (what autograd calls for both
+    gradients): one pass over grad_output on the cpu backend where both
+    gradients run channels_last rows, the two ops elsewhere."""
+    for n, c, h, w_, k, stride, dil in ((3, 20, 11, 9, 3, 1, 1), (2, 32, 12, 10, 3, 2, 1), (2, 24, 9, 13, 5, 1, 2),
+                                       (2, 16, 13, 11, 5, 2, 1), (1, 17, 15, 15, 7, 1, 1), (2, 16, 12, 12, 3, 3, 1)):
+        x = torch.randn(n, c, h, w_, generator=gen)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, 1, k, k, generator=gen)
+        pad = (k // 2) * dil
+        y = F.conv2d(x.double(), w.double(), None, stride, pad, dil, c)
+        dy = torch.randn(y.shape, generator=gen).to(memory_format=torch.channels_last if layout == "channels_last"
+                                                    else torch.contiguous_format)
+        with effconv.use_backend(backend):
+            gi, gw, gb = torch.ops.effconv.depthwise_conv2d_backward(dy, x, w, [stride] * 2, [pad] * 2, [dil] * 2)
+        xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+        ri, rw = torch.autograd.grad(F.conv2d(xr, wr, None, stride, pad, dil, c), (xr, wr), dy.double())
+        assert_close(gi, ri, k * k)
+        assert_close(gw, rw, n * y.shape[2] * y.shape[3])
+        assert_close(gb, dy.double().sum((0, 2, 3)), n * y.shape[2] * y.shape[3])
+        assert gi.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+
+def test_depthwise_backward_op_errors_and_gradcheck():
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    op = torch.ops.effconv.depthwise_conv2d_backward
+    with pytest.raises(RuntimeError, match=r"depthwise_conv2d_backward: expected grad_output of size \[2, 4, 6, 7\]"):
+        op(dy[:, :, :5], x, w, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="depthwise_conv2d_backward"):
+        op(dy, x, w.float(), [1, 1], [1, 1], [1, 1])
+    # Double backward of the op itself, in both layouts.
+    for xin in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()):
+        assert torch.autograd.gradcheck(lambda dy, x, w: op(dy, x, w, [2, 2], [1, 1], [1, 1]),
+                                        (dy[:, :, :3, :4].detach().requires_grad_(), xin, w))
+        assert torch.autograd.gradcheck(lambda dy, x, w: op(dy, x, w, [1, 1], [1, 1], [1, 1]), (dy, xin, w))
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@
 //     vectors with the fused epilogue: one pass over the input, one store.
 //     grad_input is the same kernel over the transposed pixel map; the
 //     weight gradient reduces per thread into private partials summed in
-//     a fixed order (deterministic).
+//     a fixed order (deterministic). depthwise_conv2d_backward interleaves
+//     the two by rows, so grad_output is read from memory once for both.
 //   NCHW (or any other layout), planes up to ~112x112 (stride 2): blocked.
 //     Per image and block of one vector of channels, the planes are
 //     transposed into a channels_last tile in L1/L2 (in registers when
@@ -112,6 +113,30 @@ struct RowForward {
   }
 };
 
+// Output rows [begin, end) (global n * P + p) of a channels_last forward
+// into out (pixel pitches on, oh): `row` holds the arguments, `rows` the
+// kernel rows' scratch.
+template <typename T>
+void forward_rows(const IsaKernels& isa, const Conv2dShape& s, const T* xp, T* op, int64_t on, int64_t oh,
+                  DwRowArgs<T>& row, const T** rows, int64_t begin, int64_t end) {
+  row.rows = rows;
+  for (int64_t np = begin; np < end; ++np) {
+    const int64_t n = np / s.P, p = np % s.P;
+    kernel_row_inputs(s, xp, n, p, rows);
+    row.out = op + n * on + p * oh;
+    isa.dwrow(row);
+  }
+}
+
+// Outputs beyond the caches are streamed past them (no read-for-ownership)
+// when every pixel of out is 64-byte aligned.
+template <typename T>
+bool stream_output(const at::Tensor& out) {
+  const int64_t sz = sizeof(T);
+  return out.numel() * sz > (8 << 20) && (out.stride(3) * sz) % 64 == 0 && (out.stride(2) * sz) % 64 == 0 &&
+         (out.stride(0) * sz) % 64 == 0 && reinterpret_cast<uintptr_t>(out.data_ptr<T>()) % 64 == 0;
+}
+
 template <typename T>
 void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
@@ -119,26 +144,16 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const Conv2dSha
                   const c10::optional<at::Tensor>& stats = c10::nullopt) {
   const IsaKernels& isa = isa_kernels();
   const RowForward<T> fwd(s, isa.lanes<T>(), weight, bias, scale, shift, act);
-  const T* xp = x.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  const int64_t on = out.stride(0), oh = out.stride(2), ow = out.stride(3);
-  DwRowArgs<T> args = fwd.channels(0, s.C, ow);
-  // Outputs beyond the caches are streamed past them (no read-for-ownership).
-  args.stream = out.numel() * int64_t(sizeof(T)) > (8 << 20) && (ow * int64_t(sizeof(T))) % 64 == 0 &&
-                reinterpret_cast<uintptr_t>(op) % 64 == 0;
+  DwRowArgs<T> args = fwd.channels(0, s.C, out.stride(3));
+  args.stream = stream_output<T>(out);
   StatsPartials partials(stats, fwd.cpad);
   at::parallel_for(0, s.N * s.P, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> rows(s.R);
     DwRowArgs<T> row = args;
-    row.rows = rows.data();
     row.ep.stat_sum = partials.sum();
     row.ep.stat_sq = partials.sq();
-    for (int64_t np = begin; np < end; ++np) {
-      const int64_t n = np / s.P, p = np % s.P;
-      kernel_row_inputs(s, xp, n, p, rows.data());
-      row.out = op + n * on + p * oh;
-      isa.dwrow(row);
-    }
+    forward_rows(isa, s, x.data_ptr<T>(), out.data_ptr<T>(), out.stride(0), out.stride(2), row, rows.data(), begin,
+                 end);
     store_fence();
   });
   partials.finish(s.C, [](int64_t k) { return k; });
@@ -403,48 +418,106 @@ inline std::vector<int64_t> grad_input_pixel_order(const Conv2dShape& s) {
   return order;
 }
 
+// grad_input of channels_last tensors by input rows (global n * H + h), so
+// the fused backward can interleave them with the weight gradient's rows.
+// Stride 1 with padding at most (k - 1) * dil: the forward row kernel on
+// the flipped kernel with padding (k - 1) * dil - pad. Otherwise the
+// indirect kernel, each row's pixels visited by stride class.
+template <typename T>
+class GradInputRows {
+ public:
+  static bool as_forward(const Conv2dShape& s) {
+    return s.stride_h == 1 && s.stride_w == 1 && (s.R - 1) * s.dil_h >= s.pad_h && (s.S - 1) * s.dil_w >= s.pad_w;
+  }
+
+  GradInputRows(const at::Tensor& dy, const at::Tensor& weight, const Conv2dShape& s, at::Tensor& dx)
+      : s_(s), isa_(isa_kernels()), dyp_(dy.data_ptr<T>()), dxp_(dx.data_ptr<T>()), xn_(dx.stride(0)),
+        xh_(dx.stride(2)), xw_(dx.stride(3)), cpad_(ceil_div(s.C, isa_.lanes<T>()) * isa_.lanes<T>()) {
+    const bool stream = stream_output<T>(dx);
+    if (as_forward(s)) {
+      flipped_ = weight.flip({2, 3});
+      fs_ = make_conv2d_shape(dy, flipped_, {1, 1}, {(s.R - 1) * s.dil_h - s.pad_h, (s.S - 1) * s.dil_w - s.pad_w},
+                              {s.dil_h, s.dil_w}, s.C);
+      fwd_.emplace(fs_, isa_.lanes<T>(), flipped_, c10::nullopt, c10::nullopt, c10::nullopt, 0);
+      row_ = fwd_->channels(0, s.C, xw_);
+      row_.stream = stream;
+      return;
+    }
+    wp_ = pack_depthwise_weight<T>(weight, s.taps(), cpad_);
+    zeros_.assign(cpad_, T(0));
+    order_ = grad_input_pixel_order(s);
+    // The output column each (pixel, kernel column) reads, -1 for none: the
+    // same for every row, so built once (per row it cost 3-13% of the op).
+    qcol_.resize(s.W * s.S);
+    for (int64_t i = 0; i < s.W; ++i)
+      for (int64_t ks = 0; ks < s.S; ++ks)
+        qcol_[i * s.S + ks] = conv_out_coord(order_[i], ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
+    stream_ = stream;
+  }
+
+  // One thread's scratch and its rows.
+  class Worker {
+   public:
+    explicit Worker(const GradInputRows& g) : g_(g), rows_(g.s_.R), a_(g.s_.W * g.s_.taps()), c_(g.s_.W) {
+      row_ = g.row_;
+      args_ = grad_input_row_args<T>(g.s_, g.s_.C, g.cpad_, g.zeros_.data(), c_.data());
+      args_.a = a_.data();
+      args_.w = g.wp_.data();
+      args_.stream = g.stream_;
+    }
+
+    void rows(int64_t begin, int64_t end) {
+      const GradInputRows& g = g_;
+      const Conv2dShape& s = g.s_;
+      if (g.fwd_) return forward_rows(g.isa_, g.fs_, g.dyp_, g.dxp_, g.xn_, g.xh_, row_, rows_.data(), begin, end);
+      const int64_t RS = s.taps();
+      for (int64_t nh = begin; nh < end; ++nh) {
+        const int64_t n = nh / s.H, h = nh % s.H;
+        for (int64_t kr = 0; kr < s.R; ++kr) {
+          // The output row whose tap kr read input row h, if any.
+          const int64_t p = conv_out_coord(h, kr, s.stride_h, s.pad_h, s.dil_h, s.P);
+          const T* dyrow = g.dyp_ + (n * s.P + p) * s.Q * s.C;
+          for (int64_t i = 0; i < s.W; ++i)
+            for (int64_t ks = 0; ks < s.S; ++ks) {
+              const int64_t q = p < 0 ? -1 : g.qcol_[i * s.S + ks];
+              a_[i * RS + kr * s.S + ks] = q >= 0 ? dyrow + q * s.C : g.zeros_.data();
+            }
+        }
+        for (int64_t i = 0; i < s.W; ++i) c_[i] = g.dxp_ + n * g.xn_ + h * g.xh_ + g.order_[i] * g.xw_;
+        g.isa_.dwconv(args_);
+      }
+    }
+
+   private:
+    const GradInputRows& g_;
+    std::vector<const T*> rows_, a_;
+    std::vector<T*> c_;
+    DwRowArgs<T> row_;
+    DwConvArgs<T> args_;
+  };
+
+ private:
+  Conv2dShape s_, fs_;
+  const IsaKernels& isa_;
+  const T* dyp_;
+  T* dxp_;
+  int64_t xn_, xh_, xw_, cpad_;
+  // as_forward: the forward's operands on the flipped kernel.
+  at::Tensor flipped_;
+  c10::optional<RowForward<T>> fwd_;
+  DwRowArgs<T> row_;
+  // Indirect kernel.
+  std::vector<T> wp_, zeros_;
+  std::vector<int64_t> order_, qcol_;
+  bool stream_ = false;
+};
+
 template <typename T>
 void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& weight, const Conv2dShape& s, at::Tensor& dx) {
-  const IsaKernels& isa = isa_kernels();
-  const int64_t L = isa.lanes<T>(), RS = s.taps(), C = s.C, cpad = ceil_div(C, L) * L;
-  const std::vector<T> wp = pack_depthwise_weight<T>(weight, RS, cpad);
-  const std::vector<T> zeros(cpad, T(0));
-  const T* dyp = dy.data_ptr<T>();
-  T* dxp = dx.data_ptr<T>();
-  const int64_t xn = dx.stride(0), xh = dx.stride(2), xw = dx.stride(3);
-  const std::vector<int64_t> order = grad_input_pixel_order(s);
-  // The output column each (pixel, kernel column) reads, -1 for none: the
-  // same for every row, so built once (per row it cost 3-13% of the op).
-  std::vector<int64_t> qcol(s.W * s.S);
-  for (int64_t i = 0; i < s.W; ++i)
-    for (int64_t ks = 0; ks < s.S; ++ks)
-      qcol[i * s.S + ks] = conv_out_coord(order[i], ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
-  // As the forward's outputs: streamed past the caches when beyond them.
-  const int64_t sz = sizeof(T);
-  const bool stream = dx.numel() * sz > (8 << 20) && (xw * sz) % 64 == 0 && (xh * sz) % 64 == 0 &&
-                      (xn * sz) % 64 == 0 && reinterpret_cast<uintptr_t>(dxp) % 64 == 0;
+  const GradInputRows<T> gi(dy, weight, s, dx);
   at::parallel_for(0, s.N * s.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> a(s.W * RS);
-    std::vector<T*> c(s.W);
-    DwConvArgs<T> args = grad_input_row_args<T>(s, C, cpad, zeros.data(), c.data());
-    args.a = a.data();
-    args.w = wp.data();
-    args.stream = stream;
-    for (int64_t nh = begin; nh < end; ++nh) {
-      const int64_t n = nh / s.H, h = nh % s.H;
-      for (int64_t kr = 0; kr < s.R; ++kr) {
-        // The output row whose tap kr read input row h, if any.
-        const int64_t p = conv_out_coord(h, kr, s.stride_h, s.pad_h, s.dil_h, s.P);
-        const T* dyrow = dyp + (n * s.P + p) * s.Q * C;
-        for (int64_t i = 0; i < s.W; ++i)
-          for (int64_t ks = 0; ks < s.S; ++ks) {
-            const int64_t q = p < 0 ? -1 : qcol[i * s.S + ks];
-            a[i * RS + kr * s.S + ks] = q >= 0 ? dyrow + q * C : zeros.data();
-          }
-      }
-      for (int64_t i = 0; i < s.W; ++i) c[i] = dxp + n * xn + h * xh + order[i] * xw;
-      isa.dwconv(args);
-    }
+    typename GradInputRows<T>::Worker worker(gi);
+    worker.rows(begin, end);
     store_fence();
   });
 }
@@ -539,44 +612,115 @@ DwWGradArgs<T> wgrad_args(const Conv2dShape& s, int64_t channels, int64_t cpad) 
   return args;
 }
 
+// The weight gradient of channels_last tensors by output rows (global
+// n * P + p) into a fixed number of parts' partials. A kernel call takes
+// `chunk()` rows: their input and gradient rows (~256 KB) stay in L2 while
+// the kernel walks them once per channel vector.
+template <typename T>
+class WeightGradRows {
+ public:
+  WeightGradRows(const at::Tensor& dy, const at::Tensor& x, const Conv2dShape& s, int64_t nparts, bool bias)
+      : s_(s),
+        isa_(isa_kernels()),
+        cpad_(ceil_div(s.C, isa_.lanes<T>()) * isa_.lanes<T>()),
+        parts_(nparts, s.taps(), cpad_),
+        bias_(bias),
+        xp_(x.data_ptr<T>()),
+        dyp_(dy.data_ptr<T>()) {
+    const int64_t row_bytes = (s.stride_h * s.W + s.Q) * s.C * int64_t(sizeof(T));
+    chunk_ = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
+  }
+
+  int64_t chunk() const { return chunk_; }
+  void finish(at::Tensor& dw, at::Tensor* db) { parts_.finish(s_, dw, db); }
+
+  class Worker {
+   public:
+    explicit Worker(WeightGradRows& g) : g_(g), in_rows_(g.chunk_ * g.s_.R), dy_rows_(g.chunk_) {
+      args_ = wgrad_args<T>(g.s_, g.s_.C, g.cpad_);
+      args_.rows = in_rows_.data();
+      args_.dy = dy_rows_.data();
+    }
+
+    // Rows [begin, end) into part `part`'s partials.
+    void rows(int64_t part, int64_t begin, int64_t end) {
+      WeightGradRows& g = g_;
+      const Conv2dShape& s = g.s_;
+      args_.dw = g.parts_.dw(part);
+      args_.db = g.bias_ ? g.parts_.db(part) : nullptr;
+      for (int64_t np0 = begin; np0 < end; np0 += g.chunk_) {
+        args_.nrows = std::min(g.chunk_, end - np0);
+        for (int64_t i = 0; i < args_.nrows; ++i) {
+          const int64_t n = (np0 + i) / s.P, p = (np0 + i) % s.P;
+          kernel_row_inputs(s, g.xp_, n, p, in_rows_.data() + i * s.R);
+          dy_rows_[i] = g.dyp_ + (n * s.P + p) * s.Q * s.C;
+        }
+        g.isa_.dwwgrad(args_);
+      }
+    }
+
+   private:
+    WeightGradRows& g_;
+    std::vector<const T*> in_rows_, dy_rows_;
+    DwWGradArgs<T> args_;
+  };
+
+ private:
+  Conv2dShape s_;
+  const IsaKernels& isa_;
+  int64_t cpad_, chunk_;
+  WeightGradParts<T> parts_;
+  bool bias_;
+  const T* xp_;
+  const T* dyp_;
+};
+
+inline int64_t weight_grad_parts(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+}
+
 template <typename T>
 void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dShape& s, at::Tensor& dw,
                       at::Tensor* db) {
-  const IsaKernels& isa = isa_kernels();
-  const int64_t L = isa.lanes<T>(), C = s.C, cpad = ceil_div(C, L) * L;
-  const int64_t rows = s.N * s.P;
-  const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
-  WeightGradParts<T> parts(nparts, s.taps(), cpad);
-  const T* xp = x.data_ptr<T>();
-  const T* dyp = dy.data_ptr<T>();
-  // Output rows per kernel call: their input and gradient rows (~256 KB) stay
-  // in L2 while the kernel walks them once per channel vector.
-  const int64_t row_bytes = (s.stride_h * s.W + s.Q) * C * int64_t(sizeof(T));
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
+  const int64_t rows = s.N * s.P, nparts = weight_grad_parts(rows);
+  WeightGradRows<T> gw(dy, x, s, nparts, db != nullptr);
   at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> in_rows(chunk * s.R), dy_rows(chunk);
-    DwWGradArgs<T> args = wgrad_args<T>(s, C, cpad);
-    args.rows = in_rows.data();
-    args.dy = dy_rows.data();
+    typename WeightGradRows<T>::Worker worker(gw);
+    for (int64_t part = begin; part < end; ++part) worker.rows(part, part * rows / nparts, (part + 1) * rows / nparts);
+  });
+  gw.finish(dw, db);
+}
+
+// grad_input and the weight gradient in one pass over the output gradient:
+// each thread takes its part's output rows a chunk at a time (within one
+// image), reduces the chunk into its weight-gradient partials, then writes
+// the input rows that the chunk's rows start (input rows p * stride up to
+// the next chunk's), whose taps read the chunk's gradient rows again while
+// they are in L2. Apart from the fused pass, dy would be read from memory
+// twice; on tensors beyond the caches the backward is bound by that traffic.
+template <typename T>
+void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
+                   at::Tensor& dx, at::Tensor& dw, at::Tensor* db) {
+  const int64_t rows = s.N * s.P, nparts = weight_grad_parts(rows);
+  const GradInputRows<T> gi(dy, weight, s, dx);
+  WeightGradRows<T> gw(dy, x, s, nparts, db != nullptr);
+  // The first input row of output row p's share (rows are shared out by p * stride).
+  auto first_input_row = [&](int64_t p) { return p == s.P ? s.H : std::min(s.H, p * s.stride_h); };
+  at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
+    typename GradInputRows<T>::Worker giw(gi);
+    typename WeightGradRows<T>::Worker gww(gw);
     for (int64_t part = begin; part < end; ++part) {
-      args.dw = parts.dw(part);
-      args.db = db ? parts.db(part) : nullptr;
-      const int64_t first = part * rows / nparts, last = (part + 1) * rows / nparts;
-      for (int64_t np0 = first; np0 < last; np0 += chunk) {
-        args.nrows = std::min(chunk, last - np0);
-        for (int64_t i = 0; i < args.nrows; ++i) {
-          const int64_t n = (np0 + i) / s.P, p = (np0 + i) % s.P;
-          for (int64_t kr = 0; kr < s.R; ++kr) {
-            const int64_t ih = conv_in_coord(p, kr, s.stride_h, s.pad_h, s.dil_h);
-            in_rows[i * s.R + kr] = ih >= 0 && ih < s.H ? xp + (n * s.H + ih) * s.W * C : nullptr;
-          }
-          dy_rows[i] = dyp + (n * s.P + p) * s.Q * C;
-        }
-        isa.dwwgrad(args);
+      const int64_t last = (part + 1) * rows / nparts;
+      for (int64_t np0 = part * rows / nparts; np0 < last;) {
+        const int64_t n = np0 / s.P, np1 = std::min({last, np0 + gw.chunk(), (n + 1) * s.P});
+        gww.rows(part, np0, np1);
+        giw.rows(n * s.H + first_input_row(np0 - n * s.P), n * s.H + first_input_row(np1 - n * s.P));
+        np0 = np1;
       }
     }
+    store_fence();
   });
-  parts.finish(s, dw, db);
+  gw.finish(dw, db);
 }
 
 // The weight gradient of NCHW planes that fit (see forward_blocked): per
@@ -687,15 +831,14 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
     return;
   }
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
-  // Stride 1: grad_input is the forward on the flipped kernel with padding
-  // (k - 1) * dil - pad (when that is non-negative): the direct row kernel,
-  // or for NCHW planes that fit, the blocked path.
-  const int64_t fpad_h = (s.R - 1) * s.dil_h - s.pad_h, fpad_w = (s.S - 1) * s.dil_w - s.pad_w;
-  const bool as_forward = s.stride_h == 1 && s.stride_w == 1 && fpad_h >= 0 && fpad_w >= 0;
-  const at::Tensor flipped = as_forward ? weight.flip({2, 3}) : at::Tensor();
-  const Conv2dShape fs =
-      as_forward ? make_conv2d_shape(grad_output, flipped, stride, {fpad_h, fpad_w}, dilation, s.C) : s;
   if (!channels_last_rows(grad_input) && blocked_fits(s)) {
+    // Stride 1: the forward on the flipped kernel (see GradInputRows).
+    const bool as_forward = GradInputRows<float>::as_forward(s);
+    const at::Tensor flipped = as_forward ? weight.flip({2, 3}) : at::Tensor();
+    const Conv2dShape fs = as_forward ? make_conv2d_shape(grad_output, flipped, stride,
+                                                          {(s.R - 1) * s.dil_h - s.pad_h, (s.S - 1) * s.dil_w - s.pad_w},
+                                                          dilation, s.C)
+                                      : s;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "depthwise_grad_input", [&] {
       using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
       if (as_forward)
@@ -708,16 +851,10 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   }
   const at::Tensor dy = as_nhwc(grad_output, ct);
   OutBuffer ob(grad_input, ct, at::MemoryFormat::ChannelsLast);
-  if (as_forward) {
-    if (ct == at::kDouble)
-      forward_nhwc<double>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, ob.work());
-    else
-      forward_nhwc<float>(dy, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0, ob.work());
-  } else if (ct == at::kDouble) {
+  if (ct == at::kDouble)
     grad_input_nhwc<double>(dy, weight, s, ob.work());
-  } else {
+  else
     grad_input_nhwc<float>(dy, weight, s, ob.work());
-  }
   ob.commit();
 }
 
@@ -753,6 +890,43 @@ void depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
     else
       grad_weight_nhwc<float>(dy, x, s, ow.work(), db);
   }
+  ow.commit();
+  if (ob) ob->commit();
+}
+
+void depthwise_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               at::Tensor& grad_input, at::Tensor& grad_weight,
+                               const c10::optional<at::Tensor>& grad_bias) {
+  EFFCONV_CHECK_CPU(grad_output);
+  EFFCONV_CHECK_CPU(input);
+  EFFCONV_CHECK_CPU(weight);
+  EFFCONV_CHECK_SAME_DTYPE(grad_output, input);
+  EFFCONV_CHECK_SAME_DTYPE(grad_output, weight);
+  const Conv2dShape s = depthwise_shape(input, weight, stride, padding, dilation);
+  EFFCONV_CHECK_SIZES(grad_output, s.N, s.K, s.P, s.Q);
+  EFFCONV_CHECK_SIZES(grad_input, s.N, s.C, s.H, s.W);
+  EFFCONV_CHECK_SIZES(grad_weight, s.K, 1, s.R, s.S);
+  if (grad_bias.has_value()) EFFCONV_CHECK_SIZES((*grad_bias), s.K);
+  // One pass where both would run channels_last rows; otherwise the two ops' own paths.
+  if (s.K != s.C || grad_input.numel() == 0 || !channels_last_rows(input) || !channels_last_rows(grad_input)) {
+    depthwise_conv2d_grad_input(grad_output, weight, stride, padding, dilation, grad_input);
+    depthwise_conv2d_grad_weight(grad_output, input, stride, padding, dilation, grad_weight, grad_bias);
+    return;
+  }
+  const at::ScalarType ct = compute_type(grad_output.scalar_type());
+  const at::Tensor dy = as_nhwc(grad_output, ct);
+  const at::Tensor x = as_nhwc(input, ct);
+  OutBuffer oi(grad_input, ct, at::MemoryFormat::ChannelsLast);
+  OutBuffer ow(grad_weight, ct);
+  c10::optional<OutBuffer> ob;
+  if (grad_bias.has_value()) ob.emplace(*grad_bias, ct);
+  at::Tensor* db = ob ? &ob->work() : nullptr;
+  if (ct == at::kDouble)
+    backward_nhwc<double>(dy, x, weight, s, oi.work(), ow.work(), db);
+  else
+    backward_nhwc<float>(dy, x, weight, s, oi.work(), ow.work(), db);
+  oi.commit();
   ow.commit();
   if (ob) ob->commit();
 }

@@ -93,6 +93,13 @@ void depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
                                   at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& grad_weight,
                                   const c10::optional<at::Tensor>& grad_bias);
 
+// grad_input and the weight (and bias) gradient in one pass over grad_output
+// where both run channels_last rows; the two ops' paths otherwise.
+void depthwise_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               at::Tensor& grad_input, at::Tensor& grad_weight,
+                               const c10::optional<at::Tensor>& grad_bias);
+
 // An uninitialised CPU tensor whose storage comes from effconv's cache of
 // large buffers (output_pool.cpp); small sizes come from ATen's allocator.
 at::Tensor empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype, bool channels_last);

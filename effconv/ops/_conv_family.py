@@ -6,6 +6,15 @@ A family is three ops sharing one argument convention:
     {name}_grad_input(grad_output, weight, input_size, stride, padding, dilation[, groups])
     {name}_grad_weight(grad_output, input, weight_size, stride, padding, dilation[, groups]) -> (grad_weight, grad_bias)
 
+and, for families with a one-pass backward kernel (`tables` has "backward"),
+
+    {name}_backward(grad_output, input, weight, stride, padding, dilation[, groups])
+        -> (grad_input, grad_weight, grad_bias)
+
+which autograd calls when both gradients are needed: its kernel reads
+grad_output once for both. Backends without such a kernel run it as the
+two ops above, each routed as on its own.
+
 `grouped` families (conv2d) take `groups`; the others (depthwise_conv2d)
 imply groups = input channels. This module defines the schemas, checks
 (shared by fake and real implementations, so torch.compile raises at trace
@@ -83,6 +92,7 @@ def reference_epilogue(z, bias, scale, shift, activation):
 #     of out (training-mode BatchNorm, effconv::conv_bn_act2d)
 #   grad_input(grad_output, weight, stride, padding, dilation, groups, out)
 #   grad_weight(grad_output, input, stride, padding, dilation, groups, grad_weight, grad_bias)
+#   backward(grad_output, input, weight, stride, padding, dilation, groups, grad_input, grad_weight, grad_bias)
 Runner = Callable[..., object]
 
 FAMILIES: dict = {}  # op name -> ConvFamily (explain() and modules look families up here)
@@ -110,8 +120,8 @@ def _torch_grad_weight(grad_output, input, stride, padding, dilation, groups, gr
 class ConvFamily:
     name: str
     grouped: bool
-    tables: dict  # "forward" | "grad_input" | "grad_weight" -> backends.OpBackends
-    runners: dict  # same keys -> {backend name: Runner}; 'torch' is provided here
+    tables: dict  # "forward" | "grad_input" | "grad_weight" [| "backward"] -> backends.OpBackends
+    runners: dict  # same keys -> {backend name: Runner}; 'torch' is provided here (not for "backward")
     describe: Callable  # (weight_size, stride, padding, dilation, groups) -> kernel name for explain()
     check_weight: Callable | None = None  # extra family-specific weight check(op, input_size, weight_size)
     # Per-call 'auto' rule on CUDA tensors, (kind, tensor, weight_size, stride, padding, dilation, groups)
@@ -124,6 +134,8 @@ class ConvFamily:
             self.runners[kind].setdefault("torch", fn)
         self.ops = {"forward": self.name, "grad_input": f"{self.name}_grad_input",
                     "grad_weight": f"{self.name}_grad_weight"}
+        if "backward" in self.tables:
+            self.ops["backward"] = f"{self.name}_backward"
         self._plans = {}  # call_key -> (output size, layout, pooled?, runner, activation code)
         self._register()
         FAMILIES[self.name] = self
@@ -148,8 +160,8 @@ class ConvFamily:
         return self._geometry(op, input.shape, weight.shape, stride, padding, dilation, groups)
 
     def _check_grad(self, kind, grad_output, other, other_name, input_size, weight_size, stride, padding, dilation,
-                    groups):
-        op = self.ops[kind]
+                    groups, op=None):
+        op = op or self.ops[kind]
         sizes_name = "input_size" if kind == "grad_input" else "weight_size"
         sizes = input_size if kind == "grad_input" else weight_size
         if grad_output.dim() != 4 or other.dim() != 4 or len(sizes) != 4:
@@ -169,7 +181,8 @@ class ConvFamily:
         """The backend for a call; `table` overrides the kind's table (ops built on
         this family's kernels, which report under their own name)."""
         table = table or self.tables[kind]
-        if self.gpu_rule is not None and t.device.type == "cuda" and backends.requested_backend() == "auto":
+        if self.gpu_rule is not None and kind != "backward" and t.device.type == "cuda" and \
+                backends.requested_backend() == "auto":
             name, reason = self.gpu_rule(kind, t, weight_size, stride, padding, dilation, groups)
             if table.checks[name]("cuda", t.dtype) is None:
                 if backends.recording_active():
@@ -245,6 +258,32 @@ class ConvFamily:
                          dilation, groups)
         return c.empty(weight_size, grad_output), c.empty((weight_size[0],), grad_output)
 
+    def _check_backward(self, grad_output, input, weight, stride, padding, dilation, groups):
+        op = self.ops["backward"]
+        self._check_grad("grad_input", grad_output, weight, "weight", input.shape, weight.shape, stride, padding,
+                         dilation, groups, op=op)
+        self._check_grad("grad_weight", grad_output, input, "input", input.shape, weight.shape, stride, padding,
+                         dilation, groups, op=op)
+
+    def backward(self, grad_output, input, weight, stride, padding, dilation, groups):
+        self._check_backward(grad_output, input, weight, stride, padding, dilation, groups)
+        backend = self._route("backward", grad_output, weight.shape, stride, padding, dilation, groups)
+        run = self.runners["backward"].get(backend)
+        if run is None:
+            # No one-pass kernel on this backend: the two ops, each routed as on its own.
+            grad_w, grad_b = self.grad_weight(grad_output, input, weight.shape, stride, padding, dilation, groups)
+            return self.grad_input(grad_output, weight, input.shape, stride, padding, dilation, groups), grad_w, grad_b
+        grad_in = c.new_output(input.shape, grad_output, c.conv_memory_format(grad_output))
+        grad_w = c.new_output(weight.shape, grad_output)
+        grad_b = c.new_output((weight.shape[0],), grad_output)
+        run(grad_output, input, weight, stride, padding, dilation, groups, grad_in, grad_w, grad_b)
+        return grad_in, grad_w, grad_b
+
+    def backward_fake(self, grad_output, input, weight, stride, padding, dilation, groups):
+        self._check_backward(grad_output, input, weight, stride, padding, dilation, groups)
+        return (c.empty(input.shape, grad_output, c.conv_memory_format(grad_output)), c.empty(weight.shape, grad_output),
+                c.empty((weight.shape[0],), grad_output))
+
     # ---------------------------------------------------------- op handles
     def call_forward(self, input, weight, bias, stride, padding, dilation, groups, scale=None, shift=None,
                      activation="none"):
@@ -261,6 +300,11 @@ class ConvFamily:
         g = (groups,) if self.grouped else ()
         return getattr(torch.ops.effconv, self.ops["grad_weight"])(grad_output, input, weight_size, stride, padding,
                                                                     dilation, *g)
+
+    def call_backward(self, grad_output, input, weight, stride, padding, dilation, groups):
+        g = (groups,) if self.grouped else ()
+        return getattr(torch.ops.effconv, self.ops["backward"])(grad_output, input, weight, stride, padding, dilation,
+                                                                 *g)
 
     # --------------------------------------------------------------- autograd
     def _setup_forward(self, ctx, inputs, output):
@@ -307,6 +351,12 @@ class ConvFamily:
                                                               need[i_shift])
             g_u = g_u.to(input.dtype)
         grad_input = grad_weight = grad_bias = None
+        if need[0] and (need[1] or need[2]) and "backward" in self.ops:
+            grad_input, grad_weight, grad_bias = self.call_backward(g_u, input, weight, stride, padding, dilation,
+                                                                    groups)
+            grad_weight = grad_weight if need[1] else None
+            grad_bias = grad_bias if (need[2] and bias is not None) else None
+            need = (False, False, False) + need[3:]
         if need[0]:
             grad_input = self.call_grad_input(g_u, weight, list(input.shape), stride, padding, dilation, groups)
         if need[1] or need[2]:
@@ -356,6 +406,34 @@ class ConvFamily:
                 g_in = self.call_grad_input(grad_output, gg_w, list(input.shape), stride, padding, dilation, groups)
         return (g_go, g_in) + (None,) * (5 if self.grouped else 4)
 
+    def _setup_backward(self, ctx, inputs, output):
+        grad_output, input, weight, stride, padding, dilation = inputs[:6]
+        groups = inputs[6] if self.grouped else input.shape[1]
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.backend = backends.requested_backend()
+        ctx.save_for_backward(grad_output, input, weight)
+
+    def _backward_backward(self, ctx, gg_in, gg_w, gg_b):
+        # The sum of _backward_grad_input's and _backward_grad_weight's formulas.
+        grad_output, input, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        g_go = g_in = g_w = None
+        with backends.use_backend(ctx.backend):
+            if ctx.needs_input_grad[0]:
+                if gg_w is None and gg_b is not None:
+                    gg_w = torch.zeros_like(weight)
+                terms = [self.call_forward(gg_in, weight, None, stride, padding, dilation, groups)] if gg_in is not None \
+                    else []
+                if gg_w is not None:
+                    terms.append(self.call_forward(input, gg_w, gg_b, stride, padding, dilation, groups))
+                g_go = sum(terms[1:], terms[0]) if terms else None
+            if ctx.needs_input_grad[1] and gg_w is not None:
+                g_in = self.call_grad_input(grad_output, gg_w, list(input.shape), stride, padding, dilation, groups)
+            if ctx.needs_input_grad[2] and gg_in is not None:
+                g_w, _ = self.call_grad_weight(grad_output, gg_in, list(weight.shape), stride, padding, dilation,
+                                               groups)
+        return (g_go, g_in, g_w) + (None,) * (4 if self.grouped else 3)
+
     def _normalize(self, inputs):
         """Schema arguments -> (input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)."""
         args = list(inputs) + [None] * 10
@@ -378,6 +456,10 @@ class ConvFamily:
         c.LIB.define(f"{ops['grad_weight']}(Tensor grad_output, Tensor input, SymInt[4] weight_size, int[2] stride, "
                      f"int[2] padding, int[2] dilation{g_tail}) -> (Tensor, Tensor)")
 
+        if "backward" in ops:
+            c.LIB.define(f"{ops['backward']}(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+                         f"int[2] padding, int[2] dilation{g_tail}) -> (Tensor, Tensor, Tensor)")
+
         fam = self
         if self.grouped:
             def fwd(input, weight, bias, stride, padding, dilation, groups, scale=None, shift=None, activation="none"):
@@ -399,6 +481,12 @@ class ConvFamily:
 
             def gw_fake(grad_output, input, weight_size, stride, padding, dilation, groups):
                 return fam.grad_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups)
+
+            def bw(grad_output, input, weight, stride, padding, dilation, groups):
+                return fam.backward(grad_output, input, weight, stride, padding, dilation, groups)
+
+            def bw_fake(grad_output, input, weight, stride, padding, dilation, groups):
+                return fam.backward_fake(grad_output, input, weight, stride, padding, dilation, groups)
         else:
             def fwd(input, weight, bias, stride, padding, dilation, scale=None, shift=None, activation="none"):
                 return fam.forward(input, weight, bias, stride, padding, dilation, input.shape[1], scale, shift,
@@ -421,9 +509,19 @@ class ConvFamily:
                 return fam.grad_weight_fake(grad_output, input, weight_size, stride, padding, dilation,
                                             input.shape[1])
 
+            def bw(grad_output, input, weight, stride, padding, dilation):
+                return fam.backward(grad_output, input, weight, stride, padding, dilation, input.shape[1])
+
+            def bw_fake(grad_output, input, weight, stride, padding, dilation):
+                return fam.backward_fake(grad_output, input, weight, stride, padding, dilation, input.shape[1])
+
         self.impl = fwd  # what functionals call directly when the dispatcher has nothing to add
-        for op, real, fake in ((name, fwd, fwd_fake), (ops["grad_input"], gi, gi_fake),
-                               (ops["grad_weight"], gw, gw_fake)):
+        registrations = [(name, fwd, fwd_fake), (ops["grad_input"], gi, gi_fake), (ops["grad_weight"], gw, gw_fake)]
+        if "backward" in ops:
+            registrations.append((ops["backward"], bw, bw_fake))
+            torch.library.register_autograd(f"effconv::{ops['backward']}", self._backward_backward,
+                                            setup_context=self._setup_backward)
+        for op, real, fake in registrations:
             torch.library.register_fake(f"effconv::{op}")(fake)
             torch.library.register_kernel(f"effconv::{op}", ("cpu", "cuda"), real)
         torch.library.register_autograd(f"effconv::{name}", self._backward_forward, setup_context=self._setup_forward)

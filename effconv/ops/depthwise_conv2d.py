@@ -1,6 +1,8 @@
 """effconv::depthwise_conv2d: groups = input channels, channel multiplier
 >= 1 (weight [C * m, 1, kH, kW]), with the fused epilogue, and its backward
-ops depthwise_conv2d_grad_input / depthwise_conv2d_grad_weight. Schemas,
+ops depthwise_conv2d_grad_input / depthwise_conv2d_grad_weight, and
+depthwise_conv2d_backward (both gradients; on CPU tensors one pass over
+grad_output, which autograd uses when it needs both). Schemas,
 checks, fake implementations and autograd come from _conv_family.py.
 
 Backends: C++ on CPU tensors; on CUDA tensors Triton or the hand-written
@@ -40,12 +42,12 @@ def cuda_check(device_type, dtype):
     return None
 
 
-def _table(op: str) -> backends.OpBackends:
+def _table(op: str, cuda_reason: str = "auto: Triton kernels for CUDA tensors") -> backends.OpBackends:
     return backends.OpBackends(
         op,
         checks={"cpu": cpu_check, "triton": triton_check_elementwise, "cuda": cuda_check, "torch": lambda d, t: None},
         auto_order={"cpu": ("cpu", "triton", "torch"), "cuda": ("triton", "cuda", "torch")},
-        auto_reason={"cpu": "auto: C++ kernels for CPU tensors", "cuda": "auto: Triton kernels for CUDA tensors"},
+        auto_reason={"cpu": "auto: C++ kernels for CPU tensors", "cuda": cuda_reason},
     )
 
 
@@ -86,7 +88,9 @@ FAMILY = ConvFamily(
     "depthwise_conv2d",
     grouped=False,
     tables={"forward": _table("depthwise_conv2d"), "grad_input": _table("depthwise_conv2d_grad_input"),
-            "grad_weight": _table("depthwise_conv2d_grad_weight")},
+            "grad_weight": _table("depthwise_conv2d_grad_weight"), "backward": _table(
+                "depthwise_conv2d_backward",
+                "auto: grad_input and grad_weight as two ops, each by its own 'auto' rule (no one-pass GPU kernel)")},
     runners={
         "forward": {"cpu": lambda x, w, b, sc, sh, st, p, d, g, act, out, stats=None:
                     _c().depthwise_conv2d_forward_cpu(x, w, b, sc, sh, st, p, d, act, out, stats),
@@ -102,6 +106,9 @@ FAMILY = ConvFamily(
                         "cuda": lambda dy, x, st, p, d, g, gw, gb:
                         _c().depthwise_conv2d_grad_weight_cuda(dy, x, st, p, d, gw, gb),
                         "triton": lambda *a: _triton().grad_weight(*a)},
+        # One pass over grad_output on the CPU; the GPU backends run the two ops.
+        "backward": {"cpu": lambda dy, x, w, st, p, d, g, gi, gw, gb:
+                     _c().depthwise_conv2d_backward_cpu(dy, x, w, st, p, d, gi, gw, gb)},
     },
     describe=kernel_name,
     check_weight=check_weight,
