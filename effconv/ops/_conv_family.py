@@ -306,6 +306,25 @@ class ConvFamily:
         return getattr(torch.ops.effconv, self.ops["backward"])(grad_output, input, weight, stride, padding, dilation,
                                                                  *g)
 
+    def grads(self, grad_output, input, weight, stride, padding, dilation, groups, need_input, need_weight,
+              need_bias):
+        """(grad_input, grad_weight, grad_bias), None where not needed: the
+        one-pass backward op when the family has one and both kinds are
+        needed, else the grad_input / grad_weight ops."""
+        need_w = need_weight or need_bias
+        grad_input = grad_weight = grad_bias = None
+        if need_input and need_w and "backward" in self.ops:
+            grad_input, grad_weight, grad_bias = self.call_backward(grad_output, input, weight, stride, padding,
+                                                                    dilation, groups)
+        else:
+            if need_input:
+                grad_input = self.call_grad_input(grad_output, weight, list(input.shape), stride, padding, dilation,
+                                                  groups)
+            if need_w:
+                grad_weight, grad_bias = self.call_grad_weight(grad_output, input, list(weight.shape), stride,
+                                                               padding, dilation, groups)
+        return grad_input, grad_weight if need_weight else None, grad_bias if need_bias else None
+
     # --------------------------------------------------------------- autograd
     def _setup_forward(self, ctx, inputs, output):
         input, weight, bias, stride, padding, dilation, groups, scale, shift, activation = self._normalize(inputs)
@@ -350,20 +369,8 @@ class ConvFamily:
             g_u, grad_scale, grad_shift = c.epilogue_backward(grad, u, scale, shift, act, need[i_scale],
                                                               need[i_shift])
             g_u = g_u.to(input.dtype)
-        grad_input = grad_weight = grad_bias = None
-        if need[0] and (need[1] or need[2]) and "backward" in self.ops:
-            grad_input, grad_weight, grad_bias = self.call_backward(g_u, input, weight, stride, padding, dilation,
-                                                                    groups)
-            grad_weight = grad_weight if need[1] else None
-            grad_bias = grad_bias if (need[2] and bias is not None) else None
-            need = (False, False, False) + need[3:]
-        if need[0]:
-            grad_input = self.call_grad_input(g_u, weight, list(input.shape), stride, padding, dilation, groups)
-        if need[1] or need[2]:
-            grad_weight, grad_bias = self.call_grad_weight(g_u, input, list(weight.shape), stride, padding,
-                                                           dilation, groups)
-            grad_weight = grad_weight if need[1] else None
-            grad_bias = grad_bias if (need[2] and bias is not None) else None
+        grad_input, grad_weight, grad_bias = self.grads(g_u, input, weight, stride, padding, dilation, groups, need[0],
+                                                        need[1], need[2] and bias is not None)
         rest = (None,) * (4 if self.grouped else 3)
         return (grad_input, grad_weight, grad_bias) + rest + (grad_scale, grad_shift, None)
 

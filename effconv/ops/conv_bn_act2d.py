@@ -11,7 +11,7 @@ Forward:
      and shift = beta - mean * scale.
 Backward: bn_act_backward (the fused BatchNorm + activation backward: one
 reduction pass, one elementwise pass) gives grad_z, grad_gamma and
-grad_beta; the family's grad_input / grad_weight ops finish the job.
+grad_beta; the family's gradient ops finish the job (FAMILY.grads).
 
 Saved for backward: input, weight, z and the per-channel statistics -- less
 than nn.Sequential(Conv2d, BatchNorm2d, activation), which also keeps the
@@ -135,11 +135,8 @@ def _backward(ctx, grad_y, _grad_z, _grad_mean, _grad_var):
         invstd = torch.rsqrt(var + eps)
         g_z, g_gamma, g_beta = torch.ops.effconv.bn_act_backward(grad_y, z, mean, invstd, bn_weight, bn_bias,
                                                                   ctx.activation)
-        grad_input = grad_weight = None
-        if need[0]:
-            grad_input = fam.call_grad_input(g_z, weight, list(input.shape), stride, padding, dilation, groups)
-        if need[1]:
-            grad_weight, _ = fam.call_grad_weight(g_z, input, list(weight.shape), stride, padding, dilation, groups)
+        grad_input, grad_weight, _ = fam.grads(g_z, input, weight, stride, padding, dilation, groups, need[0],
+                                               need[1], False)
     g_gamma = g_gamma.to(bn_weight.dtype) if need[2] and bn_weight is not None else None
     g_beta = g_beta.to(bn_bias.dtype) if need[3] and bn_bias is not None else None
     return grad_input, grad_weight, g_gamma, g_beta, None, None, None, None, None, None
