@@ -7,9 +7,21 @@ the kernels there, without autotuning unless EFFCONV_TRITON_AUTOTUNE=1. The
 AOT compile test runs its compiler in a subprocess without the interpreter
 either way.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
-import torch  # importing torch does not import triton
+# torch.compile caches compiled graphs, with the backward it traced through
+# effconv's autograd formulas, on disk under a key that does not cover those
+# formulas: a cache warmed by an older checkout replays that checkout's
+# backward ops. The tests compile from scratch, in a directory of their own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="effconv-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
+
+import torch  # noqa: E402  (importing torch does not import triton)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

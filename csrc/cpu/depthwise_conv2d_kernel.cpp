@@ -691,6 +691,77 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dSha
   gw.finish(dw, db);
 }
 
+// Both gradients of a 3x3 stride-1 dilation-1 kernel on ISAs with 32 vector
+// registers: one register-resident pass per input row (isa.dwbwd3), each
+// output-gradient vector loaded once per kernel row for both. Parts are
+// ranges of input rows (global n * H + h); input row h also sums the bias
+// gradient of output rows [ceil(h * P / H), ceil((h + 1) * P / H)), a
+// partition of the output rows near it.
+bool backward3_applies(const IsaKernels& isa, const Conv2dShape& s) {
+  return isa.vec_regs >= 32 && s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 &&
+         s.dil_w == 1;
+}
+
+template <typename T>
+void backward3_nhwc(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
+                    at::Tensor& dx, at::Tensor& dw, at::Tensor* db) {
+  const IsaKernels& isa = isa_kernels();
+  const int64_t L = isa.lanes<T>(), cpad = ceil_div(s.C, L) * L, C = s.C;
+  TORCH_INTERNAL_ASSERT(dx.stride(3) == C && dx.stride(2) == s.W * C, "expected a dense channels_last grad_input");
+  const std::vector<T> wp = pack_depthwise_weight<T>(weight, s.taps(), cpad);
+  const std::vector<T> zeros(s.Q * C, T(0));  // the output row of a kernel row that reads no output row
+  const int64_t rows = s.N * s.H, nparts = weight_grad_parts(rows);
+  WeightGradParts<T> parts(nparts, s.taps(), cpad);
+  // Input rows per kernel call: their input, grad_input and output-gradient
+  // rows (~256 KB) stay in L2 while the kernel walks them once per channel vector.
+  const int64_t row_bytes = (2 * s.W + s.Q) * C * int64_t(sizeof(T));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
+  auto first_db = [&](int64_t h) { return ceil_div(h * s.P, s.H); };
+  const int64_t db_per_row = ceil_div(s.P, s.H) + 1;
+  const T* dyp = dy.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  DwBwdArgs<T> base;
+  base.W = s.W;
+  base.Q = s.Q;
+  base.C = C;
+  base.pad = s.pad_w;
+  base.cpad = cpad;
+  base.w = wp.data();
+  base.stream = stream_output<T>(dx);
+  at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> dyr(chunk * 3), xr(chunk), dbr(chunk * db_per_row);
+    std::vector<T*> dxr(chunk);
+    DwBwdArgs<T> a = base;
+    a.dy = dyr.data();
+    a.x = xr.data();
+    a.dx = dxr.data();
+    a.dbrows = dbr.data();
+    for (int64_t part = begin; part < end; ++part) {
+      a.dw = parts.dw(part);
+      a.db = db ? parts.db(part) : nullptr;
+      const int64_t last = (part + 1) * rows / nparts;
+      for (int64_t nh0 = part * rows / nparts; nh0 < last; nh0 += chunk) {
+        a.nrows = std::min(chunk, last - nh0);
+        a.ndb = 0;
+        for (int64_t i = 0; i < a.nrows; ++i) {
+          const int64_t n = (nh0 + i) / s.H, h = (nh0 + i) % s.H;
+          for (int64_t r = 0; r < 3; ++r) {
+            const int64_t p = h + s.pad_h - r;
+            dyr[i * 3 + r] = p >= 0 && p < s.P ? dyp + (n * s.P + p) * s.Q * C : zeros.data();
+          }
+          xr[i] = xp + (n * s.H + h) * s.W * C;
+          dxr[i] = dxp + (n * s.H + h) * s.W * C;
+          for (int64_t p = first_db(h); p < first_db(h + 1); ++p) dbr[a.ndb++] = dyp + (n * s.P + p) * s.Q * C;
+        }
+        isa.dwbwd3(a);
+      }
+    }
+    store_fence();
+  });
+  parts.finish(s, dw, db);
+}
+
 // grad_input and the weight gradient in one pass over the output gradient:
 // each thread takes its part's output rows a chunk at a time (within one
 // image), reduces the chunk into its weight-gradient partials, then writes
@@ -701,6 +772,7 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const Conv2dSha
 template <typename T>
 void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const Conv2dShape& s,
                    at::Tensor& dx, at::Tensor& dw, at::Tensor* db) {
+  if (backward3_applies(isa_kernels(), s)) return backward3_nhwc<T>(dy, x, weight, s, dx, dw, db);
   const int64_t rows = s.N * s.P, nparts = weight_grad_parts(rows);
   const GradInputRows<T> gi(dy, weight, s, dx);
   WeightGradRows<T> gw(dy, x, s, nparts, db != nullptr);

@@ -243,6 +243,30 @@ struct DwWGradArgs {
   T* db = nullptr;  // [cpad] or null, accumulated into
 };
 
+// Both gradients of a stride-1, dilation-1, 3x3 depthwise conv (multiplier 1)
+// over a chunk of channels_last input rows, for input row i of the chunk:
+//   dx_i[w][c]    = sum_{r,s} dy_{i,r}[w + pad - s][c] * w[r][s][c]
+//   dw[r][s][c]  += sum_w dy_{i,r}[w + pad - s][c] * x_i[w][c]
+//   db[c]        += sum over the dbrows' pixels of dy[q][c]
+// dy[i * 3 + r] is the output row that kernel row r reads input row i from
+// (pixel 0, channel 0), or a zero row of Q pixels where there is none;
+// columns outside [0, Q) are zeros. dx rows are dense (pixel pitch C);
+// `stream` stores them non-temporally (64-byte aligned rows). Each output
+// gradient vector is loaded once per kernel row and serves both gradients.
+template <typename T>
+struct DwBwdArgs {
+  const T* const* dy = nullptr;      // nrows * 3
+  const T* const* x = nullptr;       // nrows
+  T* const* dx = nullptr;            // nrows
+  const T* const* dbrows = nullptr;  // ndb output rows whose bias gradient this call sums
+  int64_t ndb = 0;
+  int64_t nrows = 0, W = 0, Q = 0, C = 0, pad = 0, cpad = 0;
+  const T* w = nullptr;  // [9][cpad]
+  T* dw = nullptr;       // [9][cpad], accumulated into
+  T* db = nullptr;       // [cpad] or null, accumulated into
+  bool stream = false;
+};
+
 // Output rows of an NCHW depthwise plane, each vectorised along the row:
 //   out_i[q] = epilogue( sum_{r, s} w[r * S + s] * rows[i * R + r][tap_off[s] + q] )
 // The caller copies each input row once into zero-padded stride-phase rows
@@ -475,6 +499,8 @@ struct IsaKernels {
   void (*dwrow_f64)(const DwRowArgs<double>&);
   void (*dwwgrad_f32)(const DwWGradArgs<float>&);
   void (*dwwgrad_f64)(const DwWGradArgs<double>&);
+  void (*dwbwd3_f32)(const DwBwdArgs<float>&);
+  void (*dwbwd3_f64)(const DwBwdArgs<double>&);
   void (*bnact_reduce_f32)(const BnActArgs<float>&);
   void (*bnact_reduce_f64)(const BnActArgs<double>&);
   void (*bnact_apply_f32)(const BnActArgs<float>&);
@@ -523,6 +549,8 @@ struct IsaKernels {
   void dwrow(const DwRowArgs<double>& a) const { dwrow_f64(a); }
   void dwwgrad(const DwWGradArgs<float>& a) const { dwwgrad_f32(a); }
   void dwwgrad(const DwWGradArgs<double>& a) const { dwwgrad_f64(a); }
+  void dwbwd3(const DwBwdArgs<float>& a) const { dwbwd3_f32(a); }
+  void dwbwd3(const DwBwdArgs<double>& a) const { dwbwd3_f64(a); }
   void bnact_reduce(const BnActArgs<float>& a) const { bnact_reduce_f32(a); }
   void bnact_reduce(const BnActArgs<double>& a) const { bnact_reduce_f64(a); }
   void bnact_apply(const BnActArgs<float>& a) const { bnact_apply_f32(a); }

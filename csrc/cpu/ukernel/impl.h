@@ -1470,6 +1470,108 @@ void dwwgrad(const DwWGradArgs<T>& g) {
   if (c0 < g.C) dwwgrad_dispatch<T, false>(g, c0, g.C - c0);
 }
 
+// Both depthwise gradients of a 3x3 stride-1 kernel (see DwBwdArgs), one
+// channel vector at a time. Along input row i, the three output-gradient
+// columns each kernel row's taps reach from pixel w, dy_r[w + pad - s], slide
+// in registers (one new load per kernel row and pixel); they multiply the
+// weights into dx[w] and x[w] into the nine weight-gradient accumulators,
+// which stay in registers over the chunk. 18 multiply-adds per pixel for
+// 3 gradient loads, one input load and one store; separately, grad_input and
+// the weight gradient loaded every tap's operand and ran twice the loops.
+template <typename T, bool FULL>
+void dwbwd3_vector(const DwBwdArgs<T>& g, int64_t c0, int64_t nlast) {
+  using V = vec_t<T>;
+  constexpr int L = VecTraits<T>::L, R = 3, S = 3;
+  auto load = [&](const T* p) { return FULL ? vload(p) : vload_n(p, nlast); };
+  const int64_t C = g.C, W = g.W, Q = g.Q, pad = g.pad, cpad = g.cpad;
+  const bool stream = g.stream;
+  // The weights in a local block: constant offsets instead of a pointer per tap.
+  alignas(64) T wt[R * S * L];
+#pragma GCC unroll 9
+  for (int t = 0; t < R * S; ++t) vstore(wt + t * L, vload(g.w + t * cpad + c0));
+  V dwa[R][S];
+#pragma GCC unroll 3
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 3
+    for (int s = 0; s < S; ++s) dwa[r][s] = V{};
+  // Pixels whose newest column w + pad lies in the output row.
+  const int64_t wmain = std::min<int64_t>(W, std::max<int64_t>(0, Q - pad));
+  for (int64_t i = 0; i < g.nrows; ++i) {
+    const T* dyr[R];
+#pragma GCC unroll 3
+    for (int r = 0; r < R; ++r) dyr[r] = g.dy[i * R + r] + c0;
+    const T* const xr = g.x[i] + c0;
+    T* const dxr = g.dx[i] + c0;
+    V win[R][S];  // at pixel w: win[r][s] = dy_r[w + pad - s]
+#pragma GCC unroll 3
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 3
+      for (int s = 0; s < S; ++s) {
+        const int64_t q = pad - s - 1;  // shifted into win[r][s + 1] at pixel 0
+        win[r][s] = q >= 0 && q < Q ? load(dyr[r] + q * C) : V{};
+      }
+    auto pixel = [&](int64_t w, bool inside) __attribute__((always_inline)) {
+#pragma GCC unroll 3
+      for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 3
+        for (int s = S - 1; s > 0; --s) win[r][s] = win[r][s - 1];
+        win[r][0] = inside ? load(dyr[r] + (w + pad) * C) : V{};
+      }
+      const V xv = load(xr + w * C);
+      V a[R];
+#pragma GCC unroll 3
+      for (int r = 0; r < R; ++r) {
+        a[r] = win[r][0] * vload(wt + r * S * L);
+#pragma GCC unroll 3
+        for (int s = 1; s < S; ++s) a[r] += win[r][s] * vload(wt + (r * S + s) * L);
+      }
+#pragma GCC unroll 3
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 3
+        for (int s = 0; s < S; ++s) dwa[r][s] += win[r][s] * xv;
+      const V sum = (a[0] + a[1]) + a[2];
+      if (!FULL)
+        vstore_n(dxr + w * C, sum, nlast);
+      else if (stream)
+        vstream(dxr + w * C, sum);
+      else
+        vstore(dxr + w * C, sum);
+    };
+    int64_t w = 0;
+    for (; w < wmain; ++w) pixel(w, true);
+    for (; w < W; ++w) pixel(w, false);
+  }
+#pragma GCC unroll 3
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 3
+    for (int s = 0; s < S; ++s) {
+      T* o = g.dw + (r * S + s) * cpad + c0;
+      vstore(o, vload(o) + dwa[r][s]);
+    }
+  if (g.db) {
+    V a0{}, a1{};
+    for (int64_t i = 0; i < g.ndb; ++i) {
+      const T* d = g.dbrows[i] + c0;
+      int64_t q = 0;
+      for (; q + 2 <= Q; q += 2) {
+        a0 += load(d + q * C);
+        a1 += load(d + (q + 1) * C);
+      }
+      if (q < Q) a0 += load(d + q * C);
+    }
+    vstore(g.db + c0, vload(g.db + c0) + (a0 + a1));
+  }
+}
+
+template <typename T>
+void dwbwd3(const DwBwdArgs<T>& g) {
+  constexpr int L = VecTraits<T>::L;
+  const int64_t full_end = g.C / L * L;
+  int64_t c0 = 0;
+  for (; c0 < full_end; c0 += L) dwbwd3_vector<T, true>(g, c0, L);
+  if (c0 < g.C) dwbwd3_vector<T, false>(g, c0, g.C - c0);
+}
+
 // One output row of an NCHW plane (see DwPlaneRowArgs): NV vectors of
 // outputs per step, so each weight broadcast serves NV FMAs; single vectors
 // for the rest of the row.
@@ -1816,6 +1918,7 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
                           &dwconv<double>,                                                   \
                           &dwplane<float>,  &dwplane<double>,     &dwrow<float>,             \
                           &dwrow<double>,   &dwwgrad<float>,      &dwwgrad<double>,          \
+                          &dwbwd3<float>,   &dwbwd3<double>,                                 \
                           &bnact_reduce<float>, &bnact_reduce<double>, &bnact_apply<float>,  \
                           &bnact_apply<double>, &deform_col<float>, &deform_col<double>,     \
                           &deform_col_backward<float>, &deform_col_backward<double>,         \
