@@ -1245,13 +1245,22 @@ inline void dwslide_vector(const DwRowArgs<T>& g, int64_t c0, int64_t nlast) {
   }
 }
 
+// f(c0, n, full) for each vector of C channels: whole vectors (full: a
+// std::true_type, n = L), then the tail (std::false_type, n < L).
+template <typename T, typename F>
+inline void for_channel_vectors(int64_t C, F&& f) {
+  constexpr int L = VecTraits<T>::L;
+  const int64_t full_end = C / L * L;
+  int64_t c0 = 0;
+  for (; c0 < full_end; c0 += L) f(c0, int64_t(L), std::true_type{});
+  if (c0 < C) f(c0, C - c0, std::false_type{});
+}
+
 template <typename T, int S, int ST, int RR>
 void dwslide_channels(const DwRowArgs<T>& g) {
-  constexpr int L = VecTraits<T>::L;
-  const int64_t full_end = g.C / L * L;
-  int64_t c0 = 0;
-  for (; c0 < full_end; c0 += L) dwslide_vector<T, S, ST, RR, true>(g, c0, L);
-  if (c0 < g.C) dwslide_vector<T, S, ST, RR, false>(g, c0, g.C - c0);
+  for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
+    dwslide_vector<T, S, ST, RR, decltype(full)::value>(g, c0, n);
+  });
 }
 
 template <typename T, int S, int ST>
@@ -1463,11 +1472,9 @@ void dwwgrad_dispatch(const DwWGradArgs<T>& g, int64_t c0, int64_t nlast) {
 
 template <typename T>
 void dwwgrad(const DwWGradArgs<T>& g) {
-  constexpr int L = VecTraits<T>::L;
-  const int64_t full_end = g.C / L * L;
-  int64_t c0 = 0;
-  for (; c0 < full_end; c0 += L) dwwgrad_dispatch<T, true>(g, c0, L);
-  if (c0 < g.C) dwwgrad_dispatch<T, false>(g, c0, g.C - c0);
+  for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
+    dwwgrad_dispatch<T, decltype(full)::value>(g, c0, n);
+  });
 }
 
 // Both depthwise gradients of a 3x3 stride-1 kernel (see DwBwdArgs), one
@@ -1565,11 +1572,9 @@ void dwbwd3_vector(const DwBwdArgs<T>& g, int64_t c0, int64_t nlast) {
 
 template <typename T>
 void dwbwd3(const DwBwdArgs<T>& g) {
-  constexpr int L = VecTraits<T>::L;
-  const int64_t full_end = g.C / L * L;
-  int64_t c0 = 0;
-  for (; c0 < full_end; c0 += L) dwbwd3_vector<T, true>(g, c0, L);
-  if (c0 < g.C) dwbwd3_vector<T, false>(g, c0, g.C - c0);
+  for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
+    dwbwd3_vector<T, decltype(full)::value>(g, c0, n);
+  });
 }
 
 // One output row of an NCHW plane (see DwPlaneRowArgs): NV vectors of
