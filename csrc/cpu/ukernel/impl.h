@@ -1306,6 +1306,29 @@ void dwrow(const DwRowArgs<T>& g) {
 // gradient vector is loaded once per pixel for RG * S multiply-adds, and
 // dw is updated once per chunk. Pixels where some tap falls outside the
 // input row (the row's ends) run per tap afterwards.
+// The sum over rows[0 .. nrows) and their Q pixels (pitch C) of the channel
+// vector at c0: a bias gradient. Four partial sums: one would wait on the
+// previous add for every pixel.
+template <typename T, bool FULL>
+inline vec_t<T> sum_row_pixels(const T* const* rows, int64_t nrows, int64_t Q, int64_t C, int64_t c0,
+                               int64_t nlast) {
+  using V = vec_t<T>;
+  auto load = [&](const T* p) { return FULL ? vload(p) : vload_n(p, nlast); };
+  V a0{}, a1{}, a2{}, a3{};
+  for (int64_t i = 0; i < nrows; ++i) {
+    const T* d = rows[i] + c0;
+    int64_t q = 0;
+    for (; q + 4 <= Q; q += 4) {
+      a0 += load(d + q * C);
+      a1 += load(d + (q + 1) * C);
+      a2 += load(d + (q + 2) * C);
+      a3 += load(d + (q + 3) * C);
+    }
+    for (; q < Q; ++q) a0 += load(d + q * C);
+  }
+  return (a0 + a1) + (a2 + a3);
+}
+
 template <int S>
 constexpr int dwwgrad_rg() {
   constexpr int budget = EFFCONV_VEC_REGS >= 32 ? 24 : 12;  // accumulator registers
@@ -1405,25 +1428,9 @@ void dwwgrad_vector(const DwWGradArgs<T>& g, int64_t c0, int64_t nlast) {
     }
   }
   if (g.db) {
-    // Four partial sums: one would wait on the previous add for every pixel.
     // (Summing in the first row group's loop instead, from its loads, was
     // 1.16x slower for a 7x7 kernel on tensors beyond the caches.)
-    using V = vec_t<T>;
-    auto load = [&](const T* p) { return FULL ? vload(p) : vload_n(p, nlast); };
-    const int64_t C = g.C, Q = g.Q;
-    V a0{}, a1{}, a2{}, a3{};
-    for (int64_t i = 0; i < g.nrows; ++i) {
-      const T* d = g.dy[i] + c0;
-      int64_t q = 0;
-      for (; q + 4 <= Q; q += 4) {
-        a0 += load(d + q * C);
-        a1 += load(d + (q + 1) * C);
-        a2 += load(d + (q + 2) * C);
-        a3 += load(d + (q + 3) * C);
-      }
-      for (; q < Q; ++q) a0 += load(d + q * C);
-    }
-    vstore(g.db + c0, vload(g.db + c0) + ((a0 + a1) + (a2 + a3)));
+    vstore(g.db + c0, vload(g.db + c0) + sum_row_pixels<T, FULL>(g.dy, g.nrows, g.Q, g.C, c0, nlast));
   }
 }
 
@@ -1555,19 +1562,7 @@ void dwbwd3_vector(const DwBwdArgs<T>& g, int64_t c0, int64_t nlast) {
       T* o = g.dw + (r * S + s) * cpad + c0;
       vstore(o, vload(o) + dwa[r][s]);
     }
-  if (g.db) {
-    V a0{}, a1{};
-    for (int64_t i = 0; i < g.ndb; ++i) {
-      const T* d = g.dbrows[i] + c0;
-      int64_t q = 0;
-      for (; q + 2 <= Q; q += 2) {
-        a0 += load(d + q * C);
-        a1 += load(d + (q + 1) * C);
-      }
-      if (q < Q) a0 += load(d + q * C);
-    }
-    vstore(g.db + c0, vload(g.db + c0) + (a0 + a1));
-  }
+  if (g.db) vstore(g.db + c0, vload(g.db + c0) + sum_row_pixels<T, FULL>(g.dbrows, g.ndb, Q, C, c0, nlast));
 }
 
 template <typename T>
