@@ -34,6 +34,13 @@ def test_depthwise_channels_last_grad_output(case, dtype, gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", [DW_BY_NAME[n].param() for n in ("dw3x3", "dw3x3_s2", "dw7x7", "dw3x3_odd_channels")])
+def test_depthwise_channels_last_grad_output_low_precision(case, dtype, gen):
+    """The one-pass backward on fp16/bf16 operands (widened to fp32 once, results rounded once)."""
+    run_case(case, dtype, "channels_last", gen=gen, dy_like_output=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", [DW_BY_NAME[n].param() for n in
                                   ("dw3x3", "dw3x3_s2", "dw7x7", "dw3x3_mult2", "dw3x3_big_plane",
