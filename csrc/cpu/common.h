@@ -103,6 +103,24 @@ class OutBuffer {
   at::Tensor work_;
 };
 
+// The weight and (optional) bias gradients' buffers in the compute type (see OutBuffer).
+class WeightGradOut {
+ public:
+  WeightGradOut(const at::Tensor& dw, const c10::optional<at::Tensor>& db, at::ScalarType ct) : w_(dw, ct) {
+    if (db.has_value()) b_.emplace(*db, ct);
+  }
+  at::Tensor& weight() { return w_.work(); }
+  at::Tensor* bias() { return b_ ? &b_->work() : nullptr; }
+  void commit() {
+    w_.commit();
+    if (b_) b_->commit();
+  }
+
+ private:
+  OutBuffer w_;
+  c10::optional<OutBuffer> b_;
+};
+
 // A per-channel epilogue vector, converted to T and padded per group to a
 // whole number of panels (so the microkernel loads full vectors). Empty when absent.
 template <typename T>

@@ -1318,15 +1318,12 @@ void conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, 
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
   const at::Tensor dy = as_nhwc(grad_output, ct);
   const at::Tensor x = as_nhwc(input, ct);
-  OutBuffer ow(grad_weight, ct);
-  c10::optional<OutBuffer> ob;
-  if (grad_bias.has_value()) ob.emplace(*grad_bias, ct);
+  WeightGradOut out(grad_weight, grad_bias, ct);
   if (ct == at::kDouble)
-    grad_weight_typed<double>(dy, x, s, ow.work(), ob ? &ob->work() : nullptr);
+    grad_weight_typed<double>(dy, x, s, out.weight(), out.bias());
   else
-    grad_weight_typed<float>(dy, x, s, ow.work(), ob ? &ob->work() : nullptr);
-  ow.commit();
-  if (ob) ob->commit();
+    grad_weight_typed<float>(dy, x, s, out.weight(), out.bias());
+  out.commit();
 }
 
 }  // namespace cpu

@@ -27,6 +27,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -418,29 +420,38 @@ inline std::vector<int64_t> grad_input_pixel_order(const Conv2dShape& s) {
   return order;
 }
 
+// Stride 1 with padding at most (k - 1) * dil: grad_input is the forward of
+// grad_output on the flipped kernel with padding (k - 1) * dil - pad.
+bool grad_input_as_forward(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && (s.R - 1) * s.dil_h >= s.pad_h && (s.S - 1) * s.dil_w >= s.pad_w;
+}
+
+// That forward's weight and shape.
+std::pair<at::Tensor, Conv2dShape> grad_input_forward(const at::Tensor& grad_output, const at::Tensor& weight,
+                                                      const Conv2dShape& s) {
+  at::Tensor flipped = weight.flip({2, 3});
+  const Conv2dShape fs =
+      make_conv2d_shape(grad_output, flipped, {1, 1}, {(s.R - 1) * s.dil_h - s.pad_h, (s.S - 1) * s.dil_w - s.pad_w},
+                        {s.dil_h, s.dil_w}, s.C);
+  return {std::move(flipped), fs};
+}
+
 // grad_input of channels_last tensors by input rows (global n * H + h), so
-// the fused backward can interleave them with the weight gradient's rows.
-// Stride 1 with padding at most (k - 1) * dil: the forward row kernel on
-// the flipped kernel with padding (k - 1) * dil - pad. Otherwise the
-// indirect kernel, each row's pixels visited by stride class.
+// the fused backward can interleave them with the weight gradient's rows:
+// the forward row kernel where grad_input_as_forward, else the indirect
+// kernel, each row's pixels visited by stride class.
 template <typename T>
 class GradInputRows {
  public:
-  static bool as_forward(const Conv2dShape& s) {
-    return s.stride_h == 1 && s.stride_w == 1 && (s.R - 1) * s.dil_h >= s.pad_h && (s.S - 1) * s.dil_w >= s.pad_w;
-  }
-
   GradInputRows(const at::Tensor& dy, const at::Tensor& weight, const Conv2dShape& s, at::Tensor& dx)
       : s_(s), isa_(isa_kernels()), dyp_(dy.data_ptr<T>()), dxp_(dx.data_ptr<T>()), xn_(dx.stride(0)),
-        xh_(dx.stride(2)), xw_(dx.stride(3)), cpad_(ceil_div(s.C, isa_.lanes<T>()) * isa_.lanes<T>()) {
-    const bool stream = stream_output<T>(dx);
-    if (as_forward(s)) {
-      flipped_ = weight.flip({2, 3});
-      fs_ = make_conv2d_shape(dy, flipped_, {1, 1}, {(s.R - 1) * s.dil_h - s.pad_h, (s.S - 1) * s.dil_w - s.pad_w},
-                              {s.dil_h, s.dil_w}, s.C);
+        xh_(dx.stride(2)), xw_(dx.stride(3)), cpad_(ceil_div(s.C, isa_.lanes<T>()) * isa_.lanes<T>()),
+        stream_(stream_output<T>(dx)) {
+    if (grad_input_as_forward(s)) {
+      std::tie(flipped_, fs_) = grad_input_forward(dy, weight, s);
       fwd_.emplace(fs_, isa_.lanes<T>(), flipped_, c10::nullopt, c10::nullopt, c10::nullopt, 0);
       row_ = fwd_->channels(0, s.C, xw_);
-      row_.stream = stream;
+      row_.stream = stream_;
       return;
     }
     wp_ = pack_depthwise_weight<T>(weight, s.taps(), cpad_);
@@ -452,13 +463,13 @@ class GradInputRows {
     for (int64_t i = 0; i < s.W; ++i)
       for (int64_t ks = 0; ks < s.S; ++ks)
         qcol_[i * s.S + ks] = conv_out_coord(order_[i], ks, s.stride_w, s.pad_w, s.dil_w, s.Q);
-    stream_ = stream;
   }
 
   // One thread's scratch and its rows.
   class Worker {
    public:
-    explicit Worker(const GradInputRows& g) : g_(g), rows_(g.s_.R), a_(g.s_.W * g.s_.taps()), c_(g.s_.W) {
+    explicit Worker(const GradInputRows& g)
+        : g_(g), rows_(g.s_.R), a_(g.fwd_ ? 0 : g.s_.W * g.s_.taps()), c_(g.fwd_ ? 0 : g.s_.W) {
       row_ = g.row_;
       args_ = grad_input_row_args<T>(g.s_, g.s_.C, g.cpad_, g.zeros_.data(), c_.data());
       args_.a = a_.data();
@@ -502,14 +513,14 @@ class GradInputRows {
   const T* dyp_;
   T* dxp_;
   int64_t xn_, xh_, xw_, cpad_;
-  // as_forward: the forward's operands on the flipped kernel.
+  bool stream_;
+  // grad_input_as_forward: the forward's operands on the flipped kernel.
   at::Tensor flipped_;
   c10::optional<RowForward<T>> fwd_;
   DwRowArgs<T> row_;
   // Indirect kernel.
   std::vector<T> wp_, zeros_;
   std::vector<int64_t> order_, qcol_;
-  bool stream_ = false;
 };
 
 template <typename T>
@@ -612,6 +623,12 @@ DwWGradArgs<T> wgrad_args(const Conv2dShape& s, int64_t channels, int64_t cpad) 
   return args;
 }
 
+// Rows per kernel call when each row moves row_bytes: ~256 KB of rows stay
+// in L2 while a kernel walks them once per channel vector.
+inline int64_t l2_chunk_rows(int64_t row_bytes) {
+  return std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
+}
+
 // The weight gradient of channels_last tensors by output rows (global
 // n * P + p) into a fixed number of parts' partials. A kernel call takes
 // `chunk()` rows: their input and gradient rows (~256 KB) stay in L2 while
@@ -627,8 +644,7 @@ class WeightGradRows {
         bias_(bias),
         xp_(x.data_ptr<T>()),
         dyp_(dy.data_ptr<T>()) {
-    const int64_t row_bytes = (s.stride_h * s.W + s.Q) * s.C * int64_t(sizeof(T));
-    chunk_ = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
+    chunk_ = l2_chunk_rows((s.stride_h * s.W + s.Q) * s.C * int64_t(sizeof(T)));
   }
 
   int64_t chunk() const { return chunk_; }
@@ -712,10 +728,8 @@ void backward3_nhwc(const at::Tensor& dy, const at::Tensor& x, const at::Tensor&
   const std::vector<T> zeros(s.Q * C, T(0));  // the output row of a kernel row that reads no output row
   const int64_t rows = s.N * s.H, nparts = weight_grad_parts(rows);
   WeightGradParts<T> parts(nparts, s.taps(), cpad);
-  // Input rows per kernel call: their input, grad_input and output-gradient
-  // rows (~256 KB) stay in L2 while the kernel walks them once per channel vector.
-  const int64_t row_bytes = (2 * s.W + s.Q) * C * int64_t(sizeof(T));
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(row_bytes, 1)));
+  // Input rows per kernel call, each with its grad_input and output-gradient row.
+  const int64_t chunk = l2_chunk_rows((2 * s.W + s.Q) * C * int64_t(sizeof(T)));
   auto first_db = [&](int64_t h) { return ceil_div(h * s.P, s.H); };
   const int64_t db_per_row = ceil_div(s.P, s.H) + 1;
   const T* dyp = dy.data_ptr<T>();
@@ -747,8 +761,8 @@ void backward3_nhwc(const at::Tensor& dy, const at::Tensor& x, const at::Tensor&
         for (int64_t i = 0; i < a.nrows; ++i) {
           const int64_t n = (nh0 + i) / s.H, h = (nh0 + i) % s.H;
           for (int64_t r = 0; r < 3; ++r) {
-            const int64_t p = h + s.pad_h - r;
-            dyr[i * 3 + r] = p >= 0 && p < s.P ? dyp + (n * s.P + p) * s.Q * C : zeros.data();
+            const int64_t p = conv_out_coord(h, r, 1, s.pad_h, 1, s.P);
+            dyr[i * 3 + r] = p >= 0 ? dyp + (n * s.P + p) * s.Q * C : zeros.data();
           }
           xr[i] = xp + (n * s.H + h) * s.W * C;
           dxr[i] = dxp + (n * s.H + h) * s.W * C;
@@ -904,20 +918,15 @@ void depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   }
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
   if (!channels_last_rows(grad_input) && blocked_fits(s)) {
-    // Stride 1: the forward on the flipped kernel (see GradInputRows).
-    const bool as_forward = GradInputRows<float>::as_forward(s);
-    const at::Tensor flipped = as_forward ? weight.flip({2, 3}) : at::Tensor();
-    const Conv2dShape fs = as_forward ? make_conv2d_shape(grad_output, flipped, stride,
-                                                          {(s.R - 1) * s.dil_h - s.pad_h, (s.S - 1) * s.dil_w - s.pad_w},
-                                                          dilation, s.C)
-                                      : s;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "depthwise_grad_input", [&] {
       using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      if (as_forward)
-        forward_blocked<scalar_t, T, scalar_t>(grad_output, flipped, fs, c10::nullopt, c10::nullopt, c10::nullopt, 0,
-                                               grad_input, c10::nullopt);
-      else
+      if (grad_input_as_forward(s)) {
+        const auto f = grad_input_forward(grad_output, weight, s);
+        forward_blocked<scalar_t, T, scalar_t>(grad_output, f.first, f.second, c10::nullopt, c10::nullopt,
+                                               c10::nullopt, 0, grad_input, c10::nullopt);
+      } else {
         grad_input_blocked<scalar_t, T>(grad_output, weight, s, grad_input);
+      }
     });
     return;
   }
@@ -945,25 +954,21 @@ void depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
     return;
   }
   const at::ScalarType ct = compute_type(grad_output.scalar_type());
-  OutBuffer ow(grad_weight, ct);
-  c10::optional<OutBuffer> ob;
-  if (grad_bias.has_value()) ob.emplace(*grad_bias, ct);
-  at::Tensor* db = ob ? &ob->work() : nullptr;
+  WeightGradOut out(grad_weight, grad_bias, ct);
   if (!channels_last_rows(input) && blocked_fits(s)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_grad_weight", [&] {
       using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      grad_weight_blocked<scalar_t, T>(grad_output, input, s, ow.work(), db);
+      grad_weight_blocked<scalar_t, T>(grad_output, input, s, out.weight(), out.bias());
     });
   } else {
     const at::Tensor dy = as_nhwc(grad_output, ct);
     const at::Tensor x = as_nhwc(input, ct);
     if (ct == at::kDouble)
-      grad_weight_nhwc<double>(dy, x, s, ow.work(), db);
+      grad_weight_nhwc<double>(dy, x, s, out.weight(), out.bias());
     else
-      grad_weight_nhwc<float>(dy, x, s, ow.work(), db);
+      grad_weight_nhwc<float>(dy, x, s, out.weight(), out.bias());
   }
-  ow.commit();
-  if (ob) ob->commit();
+  out.commit();
 }
 
 void depthwise_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
@@ -990,17 +995,13 @@ void depthwise_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   const at::Tensor dy = as_nhwc(grad_output, ct);
   const at::Tensor x = as_nhwc(input, ct);
   OutBuffer oi(grad_input, ct, at::MemoryFormat::ChannelsLast);
-  OutBuffer ow(grad_weight, ct);
-  c10::optional<OutBuffer> ob;
-  if (grad_bias.has_value()) ob.emplace(*grad_bias, ct);
-  at::Tensor* db = ob ? &ob->work() : nullptr;
+  WeightGradOut out(grad_weight, grad_bias, ct);
   if (ct == at::kDouble)
-    backward_nhwc<double>(dy, x, weight, s, oi.work(), ow.work(), db);
+    backward_nhwc<double>(dy, x, weight, s, oi.work(), out.weight(), out.bias());
   else
-    backward_nhwc<float>(dy, x, weight, s, oi.work(), ow.work(), db);
+    backward_nhwc<float>(dy, x, weight, s, oi.work(), out.weight(), out.bias());
   oi.commit();
-  ow.commit();
-  if (ob) ob->commit();
+  out.commit();
 }
 
 }  // namespace cpu

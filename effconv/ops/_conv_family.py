@@ -388,30 +388,34 @@ class ConvFamily:
         ctx.backend = backends.requested_backend()
         ctx.save_for_backward(grad_output, input)
 
-    def _backward_grad_input(self, ctx, gg):
+    def _grad_input_vjp(self, grad_output, weight, gg, conf, need_go, need_w):
         # grad_input = conv_transpose(grad_output, weight) is bilinear:
         # d/d grad_output = conv(gg, weight); d/d weight = grad_weight(grad_output, gg).
+        stride, padding, dilation, groups = conf
+        g_go = self.call_forward(gg, weight, None, stride, padding, dilation, groups) if need_go else None
+        g_w = self.call_grad_weight(grad_output, gg, list(weight.shape), stride, padding, dilation,
+                                    groups)[0] if need_w else None
+        return g_go, g_w
+
+    def _grad_weight_vjp(self, grad_output, input, gg_w, gg_b, conf, need_go, need_in):
+        # grad_weight(grad_output, input) is bilinear: <grad_weight, V> = <grad_output, conv(input, V)>.
+        stride, padding, dilation, groups = conf
+        g_go = self.call_forward(input, gg_w, gg_b, stride, padding, dilation, groups) if need_go else None
+        g_in = self.call_grad_input(grad_output, gg_w, list(input.shape), stride, padding, dilation,
+                                    groups) if need_in else None
+        return g_go, g_in
+
+    def _backward_grad_input(self, ctx, gg):
         grad_output, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        g_go = g_w = None
         with backends.use_backend(ctx.backend):
-            if ctx.needs_input_grad[0]:
-                g_go = self.call_forward(gg, weight, None, stride, padding, dilation, groups)
-            if ctx.needs_input_grad[1]:
-                g_w, _ = self.call_grad_weight(grad_output, gg, list(weight.shape), stride, padding, dilation, groups)
-        return (g_go, g_w) + (None,) * (5 if self.grouped else 4)
+            grads = self._grad_input_vjp(grad_output, weight, gg, ctx.conf, *ctx.needs_input_grad[:2])
+        return grads + (None,) * (5 if self.grouped else 4)
 
     def _backward_grad_weight(self, ctx, gg_w, gg_b):
-        # grad_weight(grad_output, input) is bilinear: <grad_weight, V> = <grad_output, conv(input, V)>.
         grad_output, input = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        g_go = g_in = None
         with backends.use_backend(ctx.backend):
-            if ctx.needs_input_grad[0]:
-                g_go = self.call_forward(input, gg_w, gg_b, stride, padding, dilation, groups)
-            if ctx.needs_input_grad[1]:
-                g_in = self.call_grad_input(grad_output, gg_w, list(input.shape), stride, padding, dilation, groups)
-        return (g_go, g_in) + (None,) * (5 if self.grouped else 4)
+            grads = self._grad_weight_vjp(grad_output, input, gg_w, gg_b, ctx.conf, *ctx.needs_input_grad[:2])
+        return grads + (None,) * (5 if self.grouped else 4)
 
     def _setup_backward(self, ctx, inputs, output):
         grad_output, input, weight, stride, padding, dilation = inputs[:6]
@@ -421,24 +425,18 @@ class ConvFamily:
         ctx.save_for_backward(grad_output, input, weight)
 
     def _backward_backward(self, ctx, gg_in, gg_w, gg_b):
-        # The sum of _backward_grad_input's and _backward_grad_weight's formulas.
+        # The sum of the two ops' formulas (_grad_input_vjp, _grad_weight_vjp).
         grad_output, input, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        g_go = g_in = g_w = None
+        need = ctx.needs_input_grad
+        a_go = b_go = g_in = g_w = None
         with backends.use_backend(ctx.backend):
-            if ctx.needs_input_grad[0]:
-                if gg_w is None and gg_b is not None:
-                    gg_w = torch.zeros_like(weight)
-                terms = [self.call_forward(gg_in, weight, None, stride, padding, dilation, groups)] if gg_in is not None \
-                    else []
-                if gg_w is not None:
-                    terms.append(self.call_forward(input, gg_w, gg_b, stride, padding, dilation, groups))
-                g_go = sum(terms[1:], terms[0]) if terms else None
-            if ctx.needs_input_grad[1] and gg_w is not None:
-                g_in = self.call_grad_input(grad_output, gg_w, list(input.shape), stride, padding, dilation, groups)
-            if ctx.needs_input_grad[2] and gg_in is not None:
-                g_w, _ = self.call_grad_weight(grad_output, gg_in, list(weight.shape), stride, padding, dilation,
-                                               groups)
+            if gg_in is not None:
+                a_go, g_w = self._grad_input_vjp(grad_output, weight, gg_in, ctx.conf, need[0], need[2])
+            if gg_w is not None or gg_b is not None:
+                b_go, g_in = self._grad_weight_vjp(grad_output, input,
+                                                   gg_w if gg_w is not None else torch.zeros_like(weight), gg_b,
+                                                   ctx.conf, need[0], need[1] and gg_w is not None)
+        g_go = b_go if a_go is None else a_go if b_go is None else a_go + b_go
         return (g_go, g_in, g_w) + (None,) * (4 if self.grouped else 3)
 
     def _normalize(self, inputs):
