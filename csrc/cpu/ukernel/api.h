@@ -203,22 +203,23 @@ struct DwConvArgs {
   EpilogueArgs<T> ep;                   // padded to cpad
 };
 
-// Direct depthwise convolution of one channels_last output row (multiplier
-// 1): rows[r] is input row ih(r) (pixel 0, channel 0) or null when that row
-// is padding. Outputs [q_lo, q_hi) have every tap inside the row and run
+// Direct depthwise convolution of a band of consecutive channels_last output
+// rows (multiplier 1): rows[b * R + r] is input row ih(b, r) (pixel 0,
+// channel 0) or null when that row is padding. Outputs [q_lo, q_hi) have every tap inside the row and run
 // without checks in blocks of pixels x channel vectors; the border columns
 // check each tap.
 template <typename T>
 struct DwRowArgs {
-  const T* const* rows = nullptr;
+  const T* const* rows = nullptr;  // band * R: rows[b * R + r] is kernel row r's input row of output row b
+  int64_t band = 1;                 // consecutive output rows per call
   int64_t R = 0, S = 0;
   int64_t W = 0, Q = 0, C = 0;
   int64_t stride = 1, pad = 0, dil = 1;  // along W
   int64_t q_lo = 0, q_hi = 0;
   const T* w = nullptr;  // [R*S][cpad]
   int64_t cpad = 0;
-  T* out = nullptr;      // output pixel q, channel c at out[q * out_ps + c]
-  int64_t out_ps = 0;
+  T* out = nullptr;      // output row b, pixel q, channel c at out[b * out_rs + q * out_ps + c]
+  int64_t out_ps = 0, out_rs = 0;
   bool stream = false;   // non-temporal stores (caller checked 64-byte alignment of every pixel)
   int64_t fresh_from = 0;  // kernel rows >= this were not read by the previous output row (prefetched)
   EpilogueArgs<T> ep;    // padded to cpad

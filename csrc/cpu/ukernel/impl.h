@@ -1083,10 +1083,10 @@ constexpr int kDwRowPix = EFFCONV_VEC_REGS >= 32 ? 8 : 4;
 constexpr int kDwRowVec = EFFCONV_VEC_REGS >= 32 ? 2 : 1;
 
 // Epilogue, batch statistics and store of a dwrow block's QB x NVC
-// accumulators (qv valid pixels when CHECK).
+// accumulators (qv valid pixels when CHECK) into output row `orow`.
 template <typename T, int QB, int NVC, bool FULL, bool CHECK>
-__attribute__((always_inline)) inline void dwrow_store(const DwRowArgs<T>& g, vec_t<T> (&acc)[QB][NVC], int64_t q0,
-                                                       int64_t qv, int64_t c0, int64_t nlast) {
+__attribute__((always_inline)) inline void dwrow_store(const DwRowArgs<T>& g, T* orow, vec_t<T> (&acc)[QB][NVC],
+                                                       int64_t q0, int64_t qv, int64_t c0, int64_t nlast) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
   const EpilogueArgs<T>& ep = g.ep;
@@ -1105,7 +1105,7 @@ __attribute__((always_inline)) inline void dwrow_store(const DwRowArgs<T>& g, ve
       add_stats(ep, c0 + v * L, sum, sq, FULL ? L : nlast);
     }
   }
-  T* const out = g.out + q0 * g.out_ps + c0;
+  T* const out = orow + q0 * g.out_ps + c0;
   const int64_t ps = g.out_ps;
   store_block<T, QB, NVC, FULL>(acc, n, nlast, g.stream, [&](int j) { return out + j * ps; });
 }
@@ -1144,7 +1144,7 @@ inline void dwrow_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c
       }
     }
   }
-  dwrow_store<T, QB, NVC, FULL, CHECK>(g, acc, q0, qv, c0, nlast);
+  dwrow_store<T, QB, NVC, FULL, CHECK>(g, g.out, acc, q0, qv, c0, nlast);
 }
 
 // All channels of QB output pixels: consecutive pixels' channels are
@@ -1177,7 +1177,8 @@ constexpr int dwslide_qb() {
 // block reads only columns [xlo, xhi): inside the row and read by one of
 // its qv valid outputs.
 template <typename T, int S, int ST, int RR, bool FULL, bool CHECK>
-inline void dwslide_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t c0, int64_t nlast) {
+inline void dwslide_block(const DwRowArgs<T>& g, const T* const* rows, T* orow, int64_t q0, int64_t qv, int64_t c0,
+                          int64_t nlast) {
   using V = vec_t<T>;
   constexpr int QB = dwslide_qb<S>();
   constexpr int SPAN = (QB - 1) * ST + S;
@@ -1193,7 +1194,6 @@ inline void dwslide_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t
     xhi = (qv - 1) * ST + S;
     if (xhi > g.W - iw0) xhi = g.W - iw0;
   }
-  const T* const* rows = g.rows;
   const T* const wbase = g.w + c0;
   auto kernel_row = [&](int64_t r) __attribute__((always_inline)) {
     if (!rows[r]) return;
@@ -1221,27 +1221,33 @@ inline void dwslide_block(const DwRowArgs<T>& g, int64_t q0, int64_t qv, int64_t
   } else {
     for (int64_t r = 0; r < g.R; ++r) kernel_row(r);
   }
-  dwrow_store<T, QB, 1, FULL, CHECK>(g, acc, q0, qv, c0, nlast);
+  dwrow_store<T, QB, 1, FULL, CHECK>(g, orow, acc, q0, qv, c0, nlast);
 }
 
-// Channel vectors outside, pixel blocks inside: one vector's columns of the
-// R input rows stay in L1 while the window slides along the row.
+// Channel vectors outside, the band's rows and pixel blocks inside: one
+// vector's columns of the band's input rows stay in L1 while the window
+// slides along each row and down the band, so each input row is loaded from
+// L2 once per vector instead of once per kernel row reading it.
 template <typename T, int S, int ST, int RR, bool FULL>
 inline void dwslide_vector(const DwRowArgs<T>& g, int64_t c0, int64_t nlast) {
   constexpr int QB = dwslide_qb<S>();
-  // Kernel rows from fresh_from on were not read by the previous output row:
-  // fetch their next channel vector from memory while this one computes.
-  if (c0 + VecTraits<T>::L < g.C)
-    for (int64_t r = g.fresh_from; r < g.R; ++r) {
-      if (!g.rows[r]) continue;
-      const T* p = g.rows[r] + c0 + VecTraits<T>::L;
-      for (int64_t iw = 0; iw < g.W; ++iw) __builtin_prefetch(p + iw * g.C);
+  for (int64_t b = 0; b < g.band; ++b) {
+    const T* const* rows = g.rows + b * g.R;
+    // Kernel rows from fresh_from on were not read by the previous output
+    // row: fetch their next channel vector from memory while this one computes.
+    if (c0 + VecTraits<T>::L < g.C)
+      for (int64_t r = g.fresh_from; r < g.R; ++r) {
+        if (!rows[r]) continue;
+        const T* p = rows[r] + c0 + VecTraits<T>::L;
+        for (int64_t iw = 0; iw < g.W; ++iw) __builtin_prefetch(p + iw * g.C);
+      }
+    T* const orow = g.out + b * g.out_rs;
+    for (int64_t q = 0; q < g.Q; q += QB) {
+      if (q >= g.q_lo && q + QB <= g.q_hi)
+        dwslide_block<T, S, ST, RR, FULL, false>(g, rows, orow, q, QB, c0, nlast);
+      else
+        dwslide_block<T, S, ST, RR, FULL, true>(g, rows, orow, q, g.Q - q < QB ? g.Q - q : QB, c0, nlast);
     }
-  for (int64_t q = 0; q < g.Q; q += QB) {
-    if (q >= g.q_lo && q + QB <= g.q_hi)
-      dwslide_block<T, S, ST, RR, FULL, false>(g, q, QB, c0, nlast);
-    else
-      dwslide_block<T, S, ST, RR, FULL, true>(g, q, g.Q - q < QB ? g.Q - q : QB, c0, nlast);
   }
 }
 
@@ -1270,17 +1276,9 @@ void dwslide_row(const DwRowArgs<T>& g) {
   dwslide_channels<T, S, ST, 0>(g);
 }
 
+// One output row of any kernel (band 1) on the direct kernel.
 template <typename T>
-void dwrow(const DwRowArgs<T>& g) {
-  if (g.dil == 1 && (g.stride == 1 || g.stride == 2)) {
-    const bool s1 = g.stride == 1;
-    switch (g.S) {
-      case 3: return s1 ? dwslide_row<T, 3, 1>(g) : dwslide_row<T, 3, 2>(g);
-      case 5: return s1 ? dwslide_row<T, 5, 1>(g) : dwslide_row<T, 5, 2>(g);
-      case 7: return s1 ? dwslide_row<T, 7, 1>(g) : dwslide_row<T, 7, 2>(g);
-      default: break;
-    }
-  }
+void dwrow_direct(const DwRowArgs<T>& g) {
   constexpr int QB = kDwRowPix;
   // Kernel rows from fresh_from on were not read by the previous output row
   // (the others sit in L2): prefetch them two blocks ahead.
@@ -1297,6 +1295,28 @@ void dwrow(const DwRowArgs<T>& g) {
       dwrow_pixels<T, false>(g, q, QB);
     else
       dwrow_pixels<T, true>(g, q, g.Q - q < QB ? g.Q - q : QB);
+  }
+}
+
+// Rows of a band: the sliding kernels for 3/5/7-wide kernels at stride 1 or
+// 2 without dilation, the direct kernel row by row for the rest.
+template <typename T>
+void dwrow(const DwRowArgs<T>& g) {
+  if (g.dil == 1 && (g.stride == 1 || g.stride == 2)) {
+    const bool s1 = g.stride == 1;
+    switch (g.S) {
+      case 3: return s1 ? dwslide_row<T, 3, 1>(g) : dwslide_row<T, 3, 2>(g);
+      case 5: return s1 ? dwslide_row<T, 5, 1>(g) : dwslide_row<T, 5, 2>(g);
+      case 7: return s1 ? dwslide_row<T, 7, 1>(g) : dwslide_row<T, 7, 2>(g);
+      default: break;
+    }
+  }
+  DwRowArgs<T> row = g;
+  row.band = 1;
+  for (int64_t b = 0; b < g.band; ++b) {
+    row.rows = g.rows + b * g.R;
+    row.out = g.out + b * g.out_rs;
+    dwrow_direct(row);
   }
 }
 
