@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure
+from conftest import measure_providers
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "conv2d.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,23 +61,26 @@ MODES = ["fwd", "fwd+bwd", "fwd+bias+relu"]
 CASES = [(s, m) for s in SHAPES for m in MODES if m != "fwd+bias+relu" or "fused_relu_target" in s]
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
-def test_conv2d(benchmark, record, shape, mode, provider):
+def runner(provider, shape, mode):
+    """The timed step of one provider: its own operands, made once."""
     train = mode == "fwd+bwd"
     x, w, b, args = make(shape, provider, train)
     f = conv_fn(provider, mode == "fwd+bias+relu")
     if train:
         dy = torch.randn_like(f(x, w, b, args))
+        return lambda: torch.autograd.grad(f(x, w, b, args), (x, w, b), dy)
 
-        def run():
-            y = f(x, w, b, args)
-            torch.autograd.grad(y, (x, w, b), dy)
-    else:
-        def run():
-            with torch.no_grad():
-                f(x, w, b, args)
+    def run():
+        with torch.no_grad():
+            f(x, w, b, args)
 
+    return run
+
+
+@pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
+def test_conv2d(benchmark, record, shape, mode):
+    runs = {p: runner(p, shape, mode) for p in PROVIDERS}
     flop, nbytes = work(shape, mode)
     target = shape.get("fused_relu_target") if mode == "fwd+bias+relu" else shape.get("target")
-    record("conv2d", shape["name"], mode, provider, measure(benchmark, run, DEVICE), flop, nbytes, target)
+    for provider, timing in measure_providers(benchmark, runs, DEVICE).items():
+        record("conv2d", shape["name"], mode, provider, timing, flop, nbytes, target)

@@ -13,17 +13,15 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure
+from conftest import measure_providers
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "conv2d_max_pool2d.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PROVIDERS = ["torch", "torch_cl", "effconv", "effconv_two_ops"]
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape", SHAPES, ids=[s["name"] for s in SHAPES])
-def test_conv2d_max_pool2d(benchmark, record, shape, provider):
-    s = shape
+def runner(provider, s):
+    """The timed step of one provider (inference mode) and the bytes it moves."""
     x = torch.randn(s["N"], s["C"], s["H"], s["W"], device=DEVICE)
     if provider != "torch":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -49,7 +47,15 @@ def test_conv2d_max_pool2d(benchmark, record, shape, provider):
 
     with torch.inference_mode():
         y = fn()
+    return run, 4 * (x.numel() + y.numel())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s["name"] for s in SHAPES])
+def test_conv2d_max_pool2d(benchmark, record, shape):
+    s = shape
+    made = {p: runner(p, s) for p in PROVIDERS}
     conv_out = (s["H"] + 2 * s["padding"] - s["k"]) // s["stride"] + 1
     flop = 2 * s["N"] * s["K"] * conv_out ** 2 * s["C"] * s["k"] ** 2
-    nbytes = 4 * (x.numel() + y.numel())
-    record("conv2d_max_pool2d", s["name"], "fwd", provider, measure(benchmark, run, DEVICE), flop, nbytes)
+    timings = measure_providers(benchmark, {p: run for p, (run, _) in made.items()}, DEVICE)
+    for provider, timing in timings.items():
+        record("conv2d_max_pool2d", s["name"], "fwd", provider, timing, flop, made[provider][1])

@@ -16,7 +16,7 @@ import torch
 import torchvision.ops as tvo
 
 import effconv
-from conftest import UNITS, measure
+from conftest import UNITS, measure_providers
 
 CONF = json.loads((Path(__file__).parent / "shapes" / "deform.json").read_text())
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,25 +40,29 @@ def flops(c):
     return 2.0 * c["n"] * c["h"] * c["w"] * c["k"] * c["c"] * 9
 
 
-@pytest.mark.parametrize("provider", ["torchvision", "effconv", "effconv_cl"])
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-@pytest.mark.parametrize("c", CASES)
-def test_deform_conv2d(benchmark, record, c, mode, provider):
+def runner(provider, c, mode):
+    """The timed step of one provider: its own copy of the inputs."""
     fn = PROVIDERS[provider.removesuffix("_cl")]
     x, off, w, b, m = make_inputs(c, DEVICE, mode != "forward", provider.endswith("_cl"))
-
-    def run():
-        y = fn(x, off, w, b, 1, 1, 1, m)
-        if mode != "forward":
-            y.sum().backward()
+    if mode == "forward":
+        def run():
+            with torch.no_grad():
+                fn(x, off, w, b, 1, 1, 1, m)
+    else:
+        def run():
+            fn(x, off, w, b, 1, 1, 1, m).sum().backward()
             for t in (x, off, w, b, m):
                 t.grad = None
+    return run
 
-    ctx = torch.no_grad() if mode == "forward" else torch.enable_grad()
-    with ctx:
-        timing = measure(benchmark, run, DEVICE)
-    record(FAMILY, c["name"], mode, provider, timing, flop=flops(c) * (1 if mode == "forward" else 3),
-           target=c["target"])
+
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+@pytest.mark.parametrize("c", CASES)
+def test_deform_conv2d(benchmark, record, c, mode):
+    runs = {p: runner(p, c, mode) for p in ("torchvision", "effconv", "effconv_cl")}
+    for provider, timing in measure_providers(benchmark, runs, DEVICE).items():
+        record(FAMILY, c["name"], mode, provider, timing, flop=flops(c) * (1 if mode == "forward" else 3),
+               target=c["target"])
 
 
 _PEAK = r"""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure
+from conftest import measure, measure_providers
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "depthwise.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,10 +43,8 @@ def work(s, mode):
     return flop, bytes_moved
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
-def test_depthwise_conv2d(benchmark, record, shape, mode, provider):
-    s = shape
+def runner(provider, s, mode):
+    """The timed step of one provider: its own operands, made once."""
     pad, st = s["k"] // 2, s["stride"]
     x = torch.randn(s["N"], s["C"], s["H"], s["W"], device=DEVICE)
     w = torch.randn(s["C"], 1, s["k"], s["k"], device=DEVICE)
@@ -66,14 +64,19 @@ def test_depthwise_conv2d(benchmark, record, shape, mode, provider):
         t.requires_grad_(train)
     if train:
         dy = torch.randn_like(f(x, w, b))
+        return lambda: torch.autograd.grad(f(x, w, b), (x, w, b), dy)
 
-        def run():
-            torch.autograd.grad(f(x, w, b), (x, w, b), dy)
-    else:
-        def run():
-            with torch.no_grad():
-                f(x, w, b)
+    def run():
+        with torch.no_grad():
+            f(x, w, b)
 
-    flop, nbytes = work(s, mode)
-    target = s.get("bwd_target") if train else s.get("target")
-    record("depthwise_conv2d", s["name"], mode, provider, measure(benchmark, run, DEVICE), flop, nbytes, target)
+    return run
+
+
+@pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
+def test_depthwise_conv2d(benchmark, record, shape, mode):
+    runs = {p: runner(p, shape, mode) for p in PROVIDERS}
+    flop, nbytes = work(shape, mode)
+    target = shape.get("bwd_target") if mode == "fwd+bwd" else shape.get("target")
+    for provider, timing in measure_providers(benchmark, runs, DEVICE).items():
+        record("depthwise_conv2d", shape["name"], mode, provider, timing, flop, nbytes, target)

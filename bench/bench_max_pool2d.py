@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure
+from conftest import measure_providers
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "max_pool2d.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -20,10 +20,8 @@ PROVIDERS = ["torch", "torch_cl", "effconv", "effconv_nchw"]
 CASES = [(s, m) for s in SHAPES for m in s["modes"]]
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
-def test_max_pool2d(benchmark, record, shape, mode, provider):
-    s = shape
+def runner(provider, s, mode):
+    """The timed step of one provider and the bytes it moves."""
     args = (s["k"], s["stride"], s["padding"], 1, s["ceil_mode"])
     x = torch.randn(s["N"], s["C"], s["H"], s["W"], device=DEVICE)
     if provider in ("torch_cl", "effconv"):
@@ -32,15 +30,21 @@ def test_max_pool2d(benchmark, record, shape, mode, provider):
     train = mode == "fwd+bwd"
     x.requires_grad_(train)
     y = pool(x, *args)
+    nbytes = 4 * (x.numel() + y.numel()) * (3 if train else 1)
     if train:
         dy = torch.randn_like(y)
+        return (lambda: torch.autograd.grad(pool(x, *args), x, dy)), nbytes
 
-        def run():
-            torch.autograd.grad(pool(x, *args), x, dy)
-    else:
-        def run():
-            with torch.no_grad():
-                pool(x, *args)
+    def run():
+        with torch.no_grad():
+            pool(x, *args)
 
-    nbytes = 4 * (x.numel() + y.numel()) * (3 if train else 1)
-    record("max_pool2d", s["name"], mode, provider, measure(benchmark, run, DEVICE), 0.0, nbytes)
+    return run, nbytes
+
+
+@pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
+def test_max_pool2d(benchmark, record, shape, mode):
+    made = {p: runner(p, shape, mode) for p in PROVIDERS}
+    timings = measure_providers(benchmark, {p: run for p, (run, _) in made.items()}, DEVICE)
+    for provider, timing in timings.items():
+        record("max_pool2d", shape["name"], mode, provider, timing, 0.0, made[provider][1])

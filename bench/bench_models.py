@@ -14,7 +14,7 @@ import torchvision
 
 import effconv
 import effconv.models
-from conftest import measure
+from conftest import measure_providers
 
 CONF = json.loads((Path(__file__).parent / "shapes" / "models.json").read_text())
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -46,9 +46,8 @@ def case_name(name, batch):
     return f"{name} 224x224 batch {batch}"
 
 
-@pytest.mark.parametrize("provider", ["torch", "torch_cl", "torch_compile", "effconv", "effconv_convert"])
-@pytest.mark.parametrize("name,batch,conf", INFER, ids=[f"{n}-b{b}" for n, b, _ in INFER])
-def test_inference(benchmark, record, name, batch, conf, provider):
+def inference_runner(name, batch, provider):
+    """One provider's inference call (compiled outside the timed region)."""
     model = build(name, provider).eval()
     x = torch.randn(batch, 3, 224, 224, device=DEVICE)
     if provider != "torch":
@@ -58,19 +57,29 @@ def test_inference(benchmark, record, name, batch, conf, provider):
 
         with inductor_config.patch(freezing=True), torch.inference_mode():
             model = torch.compile(model)
-            model(x)  # compile outside the timed region
-    with torch.inference_mode():  # the same mode for every provider
-        timing = measure(benchmark, lambda: model(x), DEVICE)
+            model(x)
+
+    def run():
+        with torch.inference_mode():  # the same mode for every provider
+            model(x)
+
+    return run
+
+
+@pytest.mark.parametrize("name,batch,conf", INFER, ids=[f"{n}-b{b}" for n, b, _ in INFER])
+def test_inference(benchmark, record, name, batch, conf):
+    providers = ["torch", "torch_cl", "torch_compile", "effconv", "effconv_convert"]
+    runs = {p: inference_runner(name, batch, p) for p in providers}
     case = case_name(name, batch)
-    if provider != "torch_compile":
-        record(EAGER, case, "eval", provider, timing, target=conf["eager_target"])
-    if provider in ("torch_compile", "effconv", "effconv_convert"):
-        record(COMPILED, case, "eval", provider, timing, target=conf["compile_target"])
+    for provider, timing in measure_providers(benchmark, runs, DEVICE).items():
+        if provider != "torch_compile":
+            record(EAGER, case, "eval", provider, timing, target=conf["eager_target"])
+        if provider in ("torch_compile", "effconv", "effconv_convert"):
+            record(COMPILED, case, "eval", provider, timing, target=conf["compile_target"])
 
 
-@pytest.mark.parametrize("provider", ["torch_cl", "effconv"])
-@pytest.mark.parametrize("name,batch,conf", TRAIN, ids=[f"{n}-b{b}" for n, b, _ in TRAIN])
-def test_training_step(benchmark, record, name, batch, conf, provider):
+def training_runner(name, batch, provider):
+    """One provider's SGD step on its own model copy."""
     model = build(name, provider).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, 224, 224, device=DEVICE).contiguous(memory_format=torch.channels_last)
@@ -81,5 +90,11 @@ def test_training_step(benchmark, record, name, batch, conf, provider):
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
-    timing = measure(benchmark, step, DEVICE)
-    record(EAGER, case_name(name, batch), "train step", provider, timing, target=conf["train_target"])
+    return step
+
+
+@pytest.mark.parametrize("name,batch,conf", TRAIN, ids=[f"{n}-b{b}" for n, b, _ in TRAIN])
+def test_training_step(benchmark, record, name, batch, conf):
+    runs = {p: training_runner(name, batch, p) for p in ("torch_cl", "effconv")}
+    for provider, timing in measure_providers(benchmark, runs, DEVICE).items():
+        record(EAGER, case_name(name, batch), "train step", provider, timing, target=conf["train_target"])

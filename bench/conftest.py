@@ -1,14 +1,16 @@
 """Benchmark harness shared by bench/bench_*.py (pytest-benchmark).
 
-Each benchmark records (group, provider, timings, work) through the
-`record` fixture; at the end of the session one table per family compares
-every effconv provider with the best PyTorch provider measured in the same
-run, and the results are written to bench/results/<time>.json. Timing: wall
-clock on the CPU; CUDA events after a synchronize on the GPU.
+Each benchmark times every provider of one case in the same rounds
+(`measure_providers`) and records (group, provider, timings, work) through
+the `record` fixture; at the end of the session one table per family
+compares every effconv provider with the best PyTorch provider measured in
+the same rounds, and the results are written to bench/results/<time>.json.
+Timing: wall clock on the CPU; CUDA events after a synchronize on the GPU.
 """
 from __future__ import annotations
 
 import collections
+import ctypes
 import datetime
 import json
 import os
@@ -26,6 +28,33 @@ import pytest
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import torch  # noqa: E402
+
+
+def _steady_malloc() -> str:
+    """glibc serves large blocks with mmap (its threshold moves with what
+    was freed, up to 32 MiB) and trims the heap top on free, so whether a
+    PyTorch op's activation-sized temporaries are page-faulted in again on
+    every call depended on what the process had allocated before: torch's
+    channels_last C192 28² depthwise forward+backward took 3 ms without
+    faults and 11-15 ms with 9376 of them, in the same process, depending on
+    which provider ran before. Fixed thresholds (mmap from 32 MiB, no
+    trimming) give every provider the allocator's fault-free steady state;
+    effconv's own outputs come from its buffer pool either way. Thresholds
+    set in the environment (the deformable bench's memory probe sets its
+    own) are left alone."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return "glibc malloc: thresholds from the environment"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "system malloc"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+    if libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 2**31 - 1):
+        return "glibc malloc: mmap from 32 MiB, no trim"
+    return "glibc malloc (defaults)"
+
+
+MALLOC = _steady_malloc()
 
 RESULTS = collections.OrderedDict()  # (family, case, mode) -> {provider: row}
 TARGETS = {}                         # (family, case, mode) -> target speedup
@@ -46,7 +75,7 @@ def machine() -> str:
         pass
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), {dev}")
+            f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), {dev}, {MALLOC}")
 
 
 def _sync(device):
@@ -54,37 +83,80 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(benchmark, fn, device: torch.device) -> dict:
-    """Median and 20/80% quantiles in ms. Calibrates the number of rounds to
-    the time budget, then hands the rounds to pytest-benchmark (so its JSON
-    and comparison tools see them) and, on CUDA, times with events."""
+def _timed_ms(fn, device: torch.device) -> float:
+    """One run of fn in ms: CUDA events after a synchronize on the GPU, wall clock on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def _once_s(fn, device: torch.device) -> float:
+    """Seconds of one warm run (after one untimed run)."""
     fn()
     _sync(device)
     t0 = time.perf_counter()
     fn()
     _sync(device)
-    once = max(time.perf_counter() - t0, 1e-6)
-    rounds = int(min(200, max(5, TIME_BUDGET_S / once)))
-    times: list[float] = []
+    return max(time.perf_counter() - t0, 1e-6)
 
-    def timed():
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
 
-    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=min(3, rounds))
-    times.sort()
+def _summary(times: list[float]) -> dict:
+    times = sorted(times)
     q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
     return {"median_ms": statistics.median(times), "q20_ms": q[0], "q80_ms": q[3], "rounds": len(times)}
+
+
+def measure(benchmark, fn, device: torch.device) -> dict:
+    """Median and 20/80% quantiles in ms of one function (a reference row
+    with nothing to compare against). Calibrates the number of rounds to the
+    time budget, then hands the rounds to pytest-benchmark (so its JSON and
+    comparison tools see them)."""
+    rounds = int(min(200, max(5, TIME_BUDGET_S / _once_s(fn, device))))
+    times: list[float] = []
+    benchmark.pedantic(lambda: times.append(_timed_ms(fn, device)), rounds=rounds, iterations=1,
+                       warmup_rounds=0)
+    return _summary(times)
+
+
+ROUNDS = 5  # blocks per provider and case
+
+
+def measure_providers(benchmark, runs: dict, device: torch.device) -> dict:
+    """{provider: timing} for one case, the providers timed in turns. Each
+    of ROUNDS rounds gives every provider (in rotating order) a block of
+    consecutive runs worth its share of the time budget and keeps the last
+    two thirds: the first runs after another provider are slower until the
+    caches settle on this one's operands (C384 14² depthwise forward+backward
+    took 2.0, 1.2, 1.0, 0.94 ms ... 0.88 ms in a row after a torch call), and
+    a benchmark loop measures the settled state. Timed one provider after
+    another instead, the shared machine's slow drifts (its copy bandwidth
+    swung between 35 and 67 GB/s within an hour) fell on whichever provider
+    ran in a slow minute and moved single-run ratios by up to 1.8x; in turns
+    they fall on all alike. pytest-benchmark gets the rounds as its timings."""
+    names = list(runs)
+    block_s = TIME_BUDGET_S / ROUNDS
+    per_block = {p: int(min(60, max(2, block_s / _once_s(fn, device)))) for p, fn in runs.items()}
+    times: dict = {p: [] for p in names}
+    done = [0]
+
+    def one_round():
+        k = done[0] % len(names)
+        done[0] += 1
+        for p in names[k:] + names[:k]:
+            n = per_block[p]
+            block = [_timed_ms(runs[p], device) for _ in range(n)]
+            times[p].extend(block[max(1, n // 3):])
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    return {p: _summary(t) for p, t in times.items()}
 
 
 @pytest.fixture
