@@ -14,6 +14,7 @@ DW_CASES = [
     dw("dw3x3_odd_channels", 2, 19, 9, 7, 3, 3, padding=1),
     dw("dw5x5_s2", 1, 40, 15, 13, 5, 5, stride=2, padding=2),
     dw("dw7x7", 2, 16, 14, 15, 7, 7, padding=3),
+    dw("dw7x7_short_rows", 2, 24, 8, 7, 7, 7, padding=3),
     # Wide rows: the sliding-window kernels' unchecked interior blocks (16 pixels) and channel tails.
     dw("dw5x5_wide", 1, 20, 7, 45, 5, 5, padding=2),
     dw("dw7x7_s2_wide", 1, 20, 9, 80, 7, 7, stride=2, padding=3),

@@ -1176,11 +1176,10 @@ constexpr int dwslide_qb() {
 // registers, ~1.5x the time per block), 0 for g.R at run time. A CHECK
 // block reads only columns [xlo, xhi): inside the row and read by one of
 // its qv valid outputs.
-template <typename T, int S, int ST, int RR, bool FULL, bool CHECK>
-inline void dwslide_block(const DwRowArgs<T>& g, const T* const* rows, T* orow, int64_t q0, int64_t qv, int64_t c0,
-                          int64_t nlast) {
+template <typename T, int S, int ST, int RR, int QB, bool FULL, bool CHECK>
+__attribute__((always_inline)) inline void dwslide_block_body(const DwRowArgs<T>& g, const T* const* rows, T* orow,
+                                                              int64_t q0, int64_t qv, int64_t c0, int64_t nlast) {
   using V = vec_t<T>;
-  constexpr int QB = dwslide_qb<S>();
   constexpr int SPAN = (QB - 1) * ST + S;
   V acc[QB][1];
 #pragma GCC unroll 16
@@ -1224,13 +1223,23 @@ inline void dwslide_block(const DwRowArgs<T>& g, const T* const* rows, T* orow, 
   dwrow_store<T, QB, 1, FULL, CHECK>(g, orow, acc, q0, qv, c0, nlast);
 }
 
+// A block out of line: inlined into the row loop, 16-wide blocks ran 3-10%
+// slower (3x3 on 56² and 112² rows, 5x5 on 28², 7x7 on 14²). Short rows'
+// 8-wide blocks, one per row and vector, run inline (dwslide_vector): C960
+// 7² took 0.80x the time of 16-wide blocks, 0.93x as calls.
+template <typename T, int S, int ST, int RR, int QB, bool FULL, bool CHECK>
+__attribute__((noinline)) void dwslide_block(const DwRowArgs<T>& g, const T* const* rows, T* orow, int64_t q0,
+                                             int64_t qv, int64_t c0, int64_t nlast) {
+  dwslide_block_body<T, S, ST, RR, QB, FULL, CHECK>(g, rows, orow, q0, qv, c0, nlast);
+}
+
 // Channel vectors outside, the band's rows and pixel blocks inside: one
 // vector's columns of the band's input rows stay in L1 while the window
 // slides along each row and down the band, so each input row is loaded from
 // L2 once per vector instead of once per kernel row reading it.
-template <typename T, int S, int ST, int RR, bool FULL>
+// ONE: the row is a single block (g.Q <= QB), run inline.
+template <typename T, int S, int ST, int RR, int QB, bool ONE, bool FULL>
 inline void dwslide_vector(const DwRowArgs<T>& g, int64_t c0, int64_t nlast) {
-  constexpr int QB = dwslide_qb<S>();
   for (int64_t b = 0; b < g.band; ++b) {
     const T* const* rows = g.rows + b * g.R;
     // Kernel rows from fresh_from on were not read by the previous output
@@ -1242,11 +1251,15 @@ inline void dwslide_vector(const DwRowArgs<T>& g, int64_t c0, int64_t nlast) {
         for (int64_t iw = 0; iw < g.W; ++iw) __builtin_prefetch(p + iw * g.C);
       }
     T* const orow = g.out + b * g.out_rs;
+    if constexpr (ONE) {
+      dwslide_block_body<T, S, ST, RR, QB, FULL, true>(g, rows, orow, 0, g.Q, c0, nlast);
+      continue;
+    }
     for (int64_t q = 0; q < g.Q; q += QB) {
       if (q >= g.q_lo && q + QB <= g.q_hi)
-        dwslide_block<T, S, ST, RR, FULL, false>(g, rows, orow, q, QB, c0, nlast);
+        dwslide_block<T, S, ST, RR, QB, FULL, false>(g, rows, orow, q, QB, c0, nlast);
       else
-        dwslide_block<T, S, ST, RR, FULL, true>(g, rows, orow, q, g.Q - q < QB ? g.Q - q : QB, c0, nlast);
+        dwslide_block<T, S, ST, RR, QB, FULL, true>(g, rows, orow, q, g.Q - q < QB ? g.Q - q : QB, c0, nlast);
     }
   }
 }
@@ -1264,8 +1277,16 @@ inline void for_channel_vectors(int64_t C, F&& f) {
 
 template <typename T, int S, int ST, int RR>
 void dwslide_channels(const DwRowArgs<T>& g) {
+  // Rows of at most 8 outputs (7² maps) take blocks of 8: a 16-wide block
+  // cleared, ran the epilogue on and checked 16 accumulators for 7 outputs.
+  if constexpr (EFFCONV_VEC_REGS >= 32) {
+    if (g.Q <= 8)
+      return for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
+        dwslide_vector<T, S, ST, RR, 8, true, decltype(full)::value>(g, c0, n);
+      });
+  }
   for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
-    dwslide_vector<T, S, ST, RR, decltype(full)::value>(g, c0, n);
+    dwslide_vector<T, S, ST, RR, dwslide_qb<S>(), false, decltype(full)::value>(g, c0, n);
   });
 }
 
