@@ -1223,10 +1223,10 @@ __attribute__((always_inline)) inline void dwslide_block_body(const DwRowArgs<T>
   dwrow_store<T, QB, 1, FULL, CHECK>(g, orow, acc, q0, qv, c0, nlast);
 }
 
-// A block out of line: inlined into the row loop, 16-wide blocks ran 3-10%
-// slower (3x3 on 56² and 112² rows, 5x5 on 28², 7x7 on 14²). Short rows'
-// 8-wide blocks, one per row and vector, run inline (dwslide_vector): C960
-// 7² took 0.80x the time of 16-wide blocks, 0.93x as calls.
+// A block out of line: inlined into the loop over a row's blocks, 16-wide
+// blocks ran 3-10% slower (3x3 on 56² and 112² rows, 5x5 on 28², 7x7 on
+// 14²). Rows of a single block run it inline (dwslide_vector): C960 7² in
+// 8-wide blocks took 0.80x the time of 16-wide ones, 0.93x as calls.
 template <typename T, int S, int ST, int RR, int QB, bool FULL, bool CHECK>
 __attribute__((noinline)) void dwslide_block(const DwRowArgs<T>& g, const T* const* rows, T* orow, int64_t q0,
                                              int64_t qv, int64_t c0, int64_t nlast) {
@@ -1277,12 +1277,18 @@ inline void for_channel_vectors(int64_t C, F&& f) {
 
 template <typename T, int S, int ST, int RR>
 void dwslide_channels(const DwRowArgs<T>& g) {
-  // Rows of at most 8 outputs (7² maps) take blocks of 8: a 16-wide block
-  // cleared, ran the epilogue on and checked 16 accumulators for 7 outputs.
+  // Rows of one block run it inline (3x3 C384 14² N8-N16 0.91-0.94x the
+  // time), and rows of at most 8 outputs (7² maps) take blocks of 8: a
+  // 16-wide block cleared, ran the epilogue on and checked 16 accumulators
+  // for 7 outputs.
   if constexpr (EFFCONV_VEC_REGS >= 32) {
     if (g.Q <= 8)
       return for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
         dwslide_vector<T, S, ST, RR, 8, true, decltype(full)::value>(g, c0, n);
+      });
+    if (g.Q <= 16)
+      return for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
+        dwslide_vector<T, S, ST, RR, 16, true, decltype(full)::value>(g, c0, n);
       });
   }
   for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
