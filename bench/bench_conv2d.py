@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure_providers
+from conftest import measure_and_record, step
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "conv2d.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,15 +66,7 @@ def runner(provider, shape, mode):
     train = mode == "fwd+bwd"
     x, w, b, args = make(shape, provider, train)
     f = conv_fn(provider, mode == "fwd+bias+relu")
-    if train:
-        dy = torch.randn_like(f(x, w, b, args))
-        return lambda: torch.autograd.grad(f(x, w, b, args), (x, w, b), dy)
-
-    def run():
-        with torch.no_grad():
-            f(x, w, b, args)
-
-    return run
+    return step(lambda x, w, b: f(x, w, b, args), (x, w, b), train)
 
 
 @pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
@@ -82,5 +74,4 @@ def test_conv2d(benchmark, record, shape, mode):
     runs = {p: runner(p, shape, mode) for p in PROVIDERS}
     flop, nbytes = work(shape, mode)
     target = shape.get("fused_relu_target") if mode == "fwd+bias+relu" else shape.get("target")
-    for provider, timing in measure_providers(benchmark, runs, DEVICE).items():
-        record("conv2d", shape["name"], mode, provider, timing, flop, nbytes, target)
+    measure_and_record(benchmark, record, runs, DEVICE, "conv2d", shape["name"], mode, flop, nbytes, target)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure_providers
+from conftest import measure_and_record
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "conv2d_max_pool2d.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,6 +56,6 @@ def test_conv2d_max_pool2d(benchmark, record, shape):
     made = {p: runner(p, s) for p in PROVIDERS}
     conv_out = (s["H"] + 2 * s["padding"] - s["k"]) // s["stride"] + 1
     flop = 2 * s["N"] * s["K"] * conv_out ** 2 * s["C"] * s["k"] ** 2
-    timings = measure_providers(benchmark, {p: run for p, (run, _) in made.items()}, DEVICE)
-    for provider, timing in timings.items():
-        record("conv2d_max_pool2d", s["name"], "fwd", provider, timing, flop, made[provider][1])
+    nbytes = made["effconv"][1]  # the same for every provider
+    measure_and_record(benchmark, record, {p: run for p, (run, _) in made.items()}, DEVICE, "conv2d_max_pool2d",
+                       s["name"], "fwd", flop, nbytes)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure, measure_providers
+from conftest import measure, measure_and_record, step
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "depthwise.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,15 +62,7 @@ def runner(provider, s, mode):
     train = mode == "fwd+bwd"
     for t in (x, w, b):
         t.requires_grad_(train)
-    if train:
-        dy = torch.randn_like(f(x, w, b))
-        return lambda: torch.autograd.grad(f(x, w, b), (x, w, b), dy)
-
-    def run():
-        with torch.no_grad():
-            f(x, w, b)
-
-    return run
+    return step(f, (x, w, b), train)
 
 
 @pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
@@ -78,5 +70,4 @@ def test_depthwise_conv2d(benchmark, record, shape, mode):
     runs = {p: runner(p, shape, mode) for p in PROVIDERS}
     flop, nbytes = work(shape, mode)
     target = shape.get("bwd_target") if mode == "fwd+bwd" else shape.get("target")
-    for provider, timing in measure_providers(benchmark, runs, DEVICE).items():
-        record("depthwise_conv2d", shape["name"], mode, provider, timing, flop, nbytes, target)
+    measure_and_record(benchmark, record, runs, DEVICE, "depthwise_conv2d", shape["name"], mode, flop, nbytes, target)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import effconv
-from conftest import measure_providers
+from conftest import measure_and_record, step
 
 SHAPES = json.loads((Path(__file__).parent / "shapes" / "max_pool2d.json").read_text())["shapes"]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -31,20 +31,12 @@ def runner(provider, s, mode):
     x.requires_grad_(train)
     y = pool(x, *args)
     nbytes = 4 * (x.numel() + y.numel()) * (3 if train else 1)
-    if train:
-        dy = torch.randn_like(y)
-        return (lambda: torch.autograd.grad(pool(x, *args), x, dy)), nbytes
-
-    def run():
-        with torch.no_grad():
-            pool(x, *args)
-
-    return run, nbytes
+    return step(lambda x: pool(x, *args), (x,), train), nbytes
 
 
 @pytest.mark.parametrize("shape,mode", CASES, ids=[f"{s['name']}-{m}" for s, m in CASES])
 def test_max_pool2d(benchmark, record, shape, mode):
     made = {p: runner(p, shape, mode) for p in PROVIDERS}
-    timings = measure_providers(benchmark, {p: run for p, (run, _) in made.items()}, DEVICE)
-    for provider, timing in timings.items():
-        record("max_pool2d", shape["name"], mode, provider, timing, 0.0, made[provider][1])
+    nbytes = made["effconv"][1]  # the same for every provider
+    measure_and_record(benchmark, record, {p: run for p, (run, _) in made.items()}, DEVICE, "max_pool2d",
+                       shape["name"], mode, 0.0, nbytes)

@@ -126,6 +126,20 @@ def measure(benchmark, fn, device: torch.device) -> dict:
     return _summary(times)
 
 
+def step(f, inputs: tuple, train: bool):
+    """A provider's timed call: f(*inputs) without autograd, or (train) its
+    forward and the gradients of every input for a fixed output gradient."""
+    if train:
+        dy = torch.randn_like(f(*inputs))
+        return lambda: torch.autograd.grad(f(*inputs), inputs, dy)
+
+    def run():
+        with torch.no_grad():
+            f(*inputs)
+
+    return run
+
+
 ROUNDS = 5  # blocks per provider and case
 
 
@@ -157,6 +171,13 @@ def measure_providers(benchmark, runs: dict, device: torch.device) -> dict:
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     return {p: _summary(t) for p, t in times.items()}
+
+
+def measure_and_record(benchmark, record, runs: dict, device: torch.device, family: str, case: str, mode: str,
+                       flop: float = 0.0, bytes_moved: float = 0.0, target: float | None = None) -> None:
+    """measure_providers, then one row per provider (the same work for each)."""
+    for provider, timing in measure_providers(benchmark, runs, device).items():
+        record(family, case, mode, provider, timing, flop, bytes_moved, target)
 
 
 @pytest.fixture
