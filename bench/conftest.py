@@ -31,26 +31,27 @@ import torch  # noqa: E402
 
 
 def _steady_malloc() -> str:
-    """glibc serves large blocks with mmap (its threshold moves with what
-    was freed, up to 32 MiB) and trims the heap top on free, so whether a
-    PyTorch op's activation-sized temporaries are page-faulted in again on
-    every call depended on what the process had allocated before: torch's
+    """glibc serves large blocks with mmap (from a threshold that moves with
+    what was freed, up to 32 MiB) and trims the heap top on free, so whether
+    an op's activation-sized temporaries were page-faulted in again on every
+    call depended on what the process had allocated before: torch's
     channels_last C192 28² depthwise forward+backward took 3 ms without
-    faults and 11-15 ms with 9376 of them, in the same process, depending on
-    which provider ran before. Fixed thresholds (mmap from 32 MiB, no
-    trimming) give every provider the allocator's fault-free steady state;
-    effconv's own outputs come from its buffer pool either way. Thresholds
-    set in the environment (the deformable bench's memory probe sets its
-    own) are left alone."""
+    faults and 11-15 ms with 9376 of them in one process, depending on which
+    provider ran before, and its C144 56² N32 forward 3.9 or 17 ms in two
+    runs. Without mmap and trimming, every provider's blocks come back from
+    the heap after its first calls, faulted in once: each gets the
+    allocator's fault-free steady state (effconv's own outputs come from its
+    buffer pool either way). Thresholds set in the environment (the
+    deformable bench's memory probe sets its own) are left alone."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return "glibc malloc: thresholds from the environment"
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return "system malloc"
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
-    if libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 2**31 - 1):
-        return "glibc malloc: mmap from 32 MiB, no trim"
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameters
+    if libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1):
+        return "glibc malloc: no mmap, no trim"
     return "glibc malloc (defaults)"
 
 
