@@ -41,8 +41,12 @@ def _steady_malloc() -> str:
     runs. Without mmap and trimming, every provider's blocks come back from
     the heap after its first calls, faulted in once: each gets the
     allocator's fault-free steady state (effconv's own outputs come from its
-    buffer pool either way). Thresholds set in the environment (the
-    deformable bench's memory probe sets its own) are left alone."""
+    buffer pool either way). EFFCONV_BENCH_MALLOC=default keeps glibc's
+    defaults (what an untuned PyTorch process gets), and thresholds set in
+    the environment (the deformable bench's memory probe sets its own) are
+    left alone."""
+    if os.environ.get("EFFCONV_BENCH_MALLOC", "steady") == "default":
+        return "glibc malloc defaults (EFFCONV_BENCH_MALLOC=default)"
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return "glibc malloc: thresholds from the environment"
     try:
