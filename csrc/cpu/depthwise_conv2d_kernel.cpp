@@ -159,8 +159,9 @@ void forward_rows(const IsaKernels& isa, const Conv2dShape& s, const T* xp, T* o
 template <typename T>
 bool stream_output(const at::Tensor& out, int64_t read_bytes) {
   const int64_t sz = sizeof(T);
-  return out.numel() * sz + read_bytes > (int64_t(16) << 20) && (out.stride(3) * sz) % 64 == 0 && (out.stride(2) * sz) % 64 == 0 &&
-         (out.stride(0) * sz) % 64 == 0 && reinterpret_cast<uintptr_t>(out.data_ptr<T>()) % 64 == 0;
+  return out.numel() * sz + read_bytes > (int64_t(16) << 20) && (out.stride(3) * sz) % 64 == 0 &&
+         (out.stride(2) * sz) % 64 == 0 && (out.stride(0) * sz) % 64 == 0 &&
+         reinterpret_cast<uintptr_t>(out.data_ptr<T>()) % 64 == 0;
 }
 
 template <typename T>
