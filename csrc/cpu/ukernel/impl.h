@@ -1281,19 +1281,16 @@ void dwslide_channels(const DwRowArgs<T>& g) {
   // time), and rows of at most 8 outputs (7² maps) take blocks of 8: a
   // 16-wide block cleared, ran the epilogue on and checked 16 accumulators
   // for 7 outputs.
+  auto run = [&](auto qb, auto one) {
+    for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
+      dwslide_vector<T, S, ST, RR, decltype(qb)::value, decltype(one)::value, decltype(full)::value>(g, c0, n);
+    });
+  };
   if constexpr (EFFCONV_VEC_REGS >= 32) {
-    if (g.Q <= 8)
-      return for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
-        dwslide_vector<T, S, ST, RR, 8, true, decltype(full)::value>(g, c0, n);
-      });
-    if (g.Q <= 16)
-      return for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
-        dwslide_vector<T, S, ST, RR, 16, true, decltype(full)::value>(g, c0, n);
-      });
+    if (g.Q <= 8) return run(std::integral_constant<int, 8>{}, std::true_type{});
+    if (g.Q <= 16) return run(std::integral_constant<int, 16>{}, std::true_type{});
   }
-  for_channel_vectors<T>(g.C, [&](int64_t c0, int64_t n, auto full) {
-    dwslide_vector<T, S, ST, RR, dwslide_qb<S>(), false, decltype(full)::value>(g, c0, n);
-  });
+  run(std::integral_constant<int, dwslide_qb<S>()>{}, std::false_type{});
 }
 
 template <typename T, int S, int ST>
@@ -1347,12 +1344,6 @@ void dwrow(const DwRowArgs<T>& g) {
   }
 }
 
-// Depthwise weight gradient (see DwWGradArgs), one channel vector at a time.
-// For a kernel width S known at compile time, RG kernel rows x S taps of
-// accumulators stay in registers over every row of the chunk: each output
-// gradient vector is loaded once per pixel for RG * S multiply-adds, and
-// dw is updated once per chunk. Pixels where some tap falls outside the
-// input row (the row's ends) run per tap afterwards.
 // The sum over rows[0 .. nrows) and their Q pixels (pitch C) of the channel
 // vector at c0: a bias gradient. Four partial sums: one would wait on the
 // previous add for every pixel.
@@ -1376,6 +1367,12 @@ inline vec_t<T> sum_row_pixels(const T* const* rows, int64_t nrows, int64_t Q, i
   return (a0 + a1) + (a2 + a3);
 }
 
+// Depthwise weight gradient (see DwWGradArgs), one channel vector at a time.
+// For a kernel width S known at compile time, RG kernel rows x S taps of
+// accumulators stay in registers over every row of the chunk: each output
+// gradient vector is loaded once per pixel for RG * S multiply-adds, and
+// dw is updated once per chunk. Pixels where some tap falls outside the
+// input row (the row's ends) run per tap afterwards.
 template <int S>
 constexpr int dwwgrad_rg() {
   constexpr int budget = EFFCONV_VEC_REGS >= 32 ? 24 : 12;  // accumulator registers
