@@ -17,6 +17,7 @@ from effconv import backends as _backends
 from effconv import program as _program
 from effconv.ops import _common
 from effconv.ops import conv2d as _conv2d_op
+from effconv.ops import conv_bn_act2d as _conv_bn_op
 from effconv.ops import deform_conv2d as _deform_op
 from effconv.ops import depthwise_conv2d as _depthwise_op
 from effconv.ops import epilogue as _epilogue_op
@@ -42,35 +43,9 @@ def _pair(name: str, value: IntPair, what: str = "convolution") -> list[int]:
     return out
 
 
-def _direct_call_ok(*tensors) -> bool:
-    """True when calling an op's device implementation directly is exactly
-    what dispatching torch.ops.effconv.* would do: plain tensors, nothing to
-    record for autograd, and no tracer, mode or profiler listening. Saves the
-    dispatcher and autograd-wrapper round trips (~10 us per call), which
-    matter for batch-1 inference of whole networks."""
-    if _observed():
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        # nn.Parameter disables __torch_function__: as plain as a Tensor here.
-        if t is not None and (type(t) not in _PLAIN or (grad and t.requires_grad)):
-            return False
-    return True
-
-
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
-
-
-def _observed() -> bool:
-    """A tracer (torch.compile, torch.jit.trace), dispatch or function mode, or the profiler would see an op call."""
-    return (torch.compiler.is_compiling() or bool(torch._C._len_torch_dispatch_stack())
-            or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled
-            or torch._C._get_tracing_state() is not None)
-
-
 def quiet() -> bool:
     """Nothing would see an op call: autograd off, nothing observing, no explain() recorder."""
-    return not (torch.is_grad_enabled() or _observed() or _backends.recording_active())
+    return not (torch.is_grad_enabled() or _common.observed() or _backends.recording_active())
 
 
 def _same_padding(weight: torch.Tensor, dilation: list[int]) -> tuple[list[int], list[int]]:
@@ -157,10 +132,8 @@ def conv2d_normalized(input, weight, bias, stride: list, padding: list, dilation
     directly."""
     if conv2d_route(input.shape[1], weight.shape, groups) == "depthwise_conv2d":
         return _depthwise(input, weight, bias, stride, padding, dilation, scale, shift, activation)
-    if _direct_call_ok(input, weight, bias, scale, shift):
-        return _conv2d_op.conv2d_impl(input, weight, bias, stride, padding, dilation, groups, scale, shift,
-                                      activation)
-    return torch.ops.effconv.conv2d(input, weight, bias, stride, padding, dilation, groups, scale, shift, activation)
+    return _conv2d_op.FAMILY.call_forward(input, weight, bias, stride, padding, dilation, groups, scale, shift,
+                                          activation)
 
 
 def conv2d_cat(
@@ -197,7 +170,7 @@ def conv2d_cat_planned(site: Optional[PlanMemo], input, weights, biases, stride,
         raise ValueError(f"conv2d_cat: expected as many biases and paddings as weights ({n}), "
                          f"got {len(biases)} and {len(paddings)}")
     act = activation or "none"
-    direct = (_direct_call_ok(input, *weights, *biases) and input.dim() == 4 and input.device.type == "cpu"
+    direct = (_common.direct_ok(input, *weights, *biases) and input.dim() == 4 and input.device.type == "cpu"
               and _backends.requested_backend() in ("auto", "cpu"))
     recording = _backends.recording_active()
     memo = None
@@ -275,7 +248,7 @@ def conv2d_planned(site: PlanMemo, input, weight, bias, stride: tuple, padding: 
     The memo is keyed on what the plan reads besides scale and shift, and
     is used only where calling the op's implementation directly is exact
     and explain() is not recording."""
-    if not _direct_call_ok(input, weight, bias, scale, shift) or _backends.recording_active():
+    if not _common.direct_ok(input, weight, bias, scale, shift) or _backends.recording_active():
         site.call = None  # (the memo always describes the last call it served)
         return conv2d_normalized(input, weight, bias, list(stride), list(padding), list(dilation), groups, scale,
                                  shift, activation)
@@ -296,9 +269,8 @@ def conv2d_planned(site: PlanMemo, input, weight, bias, stride: tuple, padding: 
 
 
 def _depthwise(input, weight, bias, stride, padding, dilation, scale, shift, act):
-    if _direct_call_ok(input, weight, bias, scale, shift):
-        return _depthwise_op.depthwise_conv2d_impl(input, weight, bias, stride, padding, dilation, scale, shift, act)
-    return torch.ops.effconv.depthwise_conv2d(input, weight, bias, stride, padding, dilation, scale, shift, act)
+    return _depthwise_op.FAMILY.call_forward(input, weight, bias, stride, padding, dilation, input.shape[1], scale,
+                                             shift, act)
 
 
 def depthwise_conv2d(
@@ -348,9 +320,8 @@ def deform_conv2d(
         cast = lambda t: t.to(low) if t is not None and t.dtype in (torch.float32, torch.float64, low) else t  # noqa: E731
         input, offset, weight, bias, mask = (cast(t) for t in (input, offset, weight, bias, mask))
     args = (input, offset, weight, mask, bias, stride_, padding_, dilation_)
-    if _direct_call_ok(input, offset, weight, mask, bias):
-        return _deform_op.deform_conv2d_impl(*args)
-    return torch.ops.effconv.deform_conv2d(*args)
+    return _common.call("deform_conv2d", _deform_op.deform_conv2d_impl, (input, offset, weight, mask, bias), *args,
+                        function=_deform_op.FUNCTION)
 
 
 def epilogue(
@@ -362,9 +333,8 @@ def epilogue(
 ) -> torch.Tensor:
     """``act((input + bias[c]) * scale[c] + shift[c])`` over channel dim 1, as one pass."""
     args = (input, bias, scale, shift, activation or "none")
-    if _direct_call_ok(input, bias, scale, shift):
-        return _epilogue_op.epilogue_impl(*args)
-    return torch.ops.effconv.epilogue(*args)
+    return _common.call("epilogue", _epilogue_op.epilogue_impl, (input, bias, scale, shift), *args,
+                        function=_epilogue_op.FUNCTION)
 
 
 def _pool_pair(name: str, value, default=None) -> list[int]:
@@ -399,10 +369,7 @@ def max_pool2d(
     if unbatched:
         input = input.unsqueeze(0)
     args = (input, kernel, stride_, padding_, dilation_, bool(ceil_mode))
-    if _direct_call_ok(input):
-        out = _max_pool_op.max_pool2d_impl(*args)
-    else:
-        out = torch.ops.effconv.max_pool2d(*args)
+    out = _common.call("max_pool2d", _max_pool_op.max_pool2d_impl, (input,), *args, function=_max_pool_op.FUNCTION)
     return out.squeeze(0) if unbatched else out
 
 
@@ -447,7 +414,7 @@ def conv2d_max_pool2d(
     act = activation or "none"
     out = None
     if (input.dtype in (torch.float32, torch.float64) and conv2d_route(input.shape[1], weight.shape, groups) == "conv2d"
-            and _direct_call_ok(input, weight, bias, scale, shift)):
+            and _common.direct_ok(input, weight, bias, scale, shift)):
         fam = _conv2d_op.FAMILY
         size, memory_format, _, run, code = fam.plan(input, weight, bias, stride_, padding_, dilation_, groups, scale,
                                                      shift, act)
@@ -544,13 +511,14 @@ def _conv_bn_train(input, weight, bias, running_mean, running_var, bn_weight, bn
     else:
         count = 0
     # A conv bias shifts the batch mean only: BatchNorm subtracts it again.
-    y, _, mean, var = torch.ops.effconv.conv_bn_act2d(input, weight, bn_weight, bn_bias, stride, padding, dilation,
-                                                     groups, eps, act)
+    y, _, mean, var = _common.call("conv_bn_act2d", _conv_bn_op.conv_bn_act2d_impl,
+                                   (input, weight, bn_weight, bn_bias), input, weight, bn_weight, bn_bias, stride,
+                                   padding, dilation, groups, eps, act, function=_conv_bn_op.FUNCTION)
     if update and running_mean is not None and running_var is not None and count > 0:
         with torch.no_grad():
             if bias is not None:
                 mean = mean + bias.to(mean.dtype)
-            unbiased = var * (count / max(count - 1, 1))
-            running_mean.copy_(momentum * mean.to(running_mean.dtype) + (1 - momentum) * running_mean)
-            running_var.copy_(momentum * unbiased.to(running_var.dtype) + (1 - momentum) * running_var)
+            # (1 - momentum) * old + momentum * new, one op each (two kernels' worth on small layers)
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
     return y

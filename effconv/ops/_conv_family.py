@@ -288,23 +288,23 @@ class ConvFamily:
     def call_forward(self, input, weight, bias, stride, padding, dilation, groups, scale=None, shift=None,
                      activation="none"):
         g = (groups,) if self.grouped else ()
-        return getattr(torch.ops.effconv, self.name)(input, weight, bias, stride, padding, dilation, *g, scale,
-                                                     shift, activation)
+        return c.call(self.name, self.impls["forward"], (input, weight, bias, scale, shift), input, weight, bias,
+                      stride, padding, dilation, *g, scale, shift, activation, function=self.function)
 
     def call_grad_input(self, grad_output, weight, input_size, stride, padding, dilation, groups):
         g = (groups,) if self.grouped else ()
-        return getattr(torch.ops.effconv, self.ops["grad_input"])(grad_output, weight, input_size, stride, padding,
-                                                                   dilation, *g)
+        return c.call(self.ops["grad_input"], self.impls["grad_input"], (grad_output, weight), grad_output, weight,
+                      input_size, stride, padding, dilation, *g)
 
     def call_grad_weight(self, grad_output, input, weight_size, stride, padding, dilation, groups):
         g = (groups,) if self.grouped else ()
-        return getattr(torch.ops.effconv, self.ops["grad_weight"])(grad_output, input, weight_size, stride, padding,
-                                                                    dilation, *g)
+        return c.call(self.ops["grad_weight"], self.impls["grad_weight"], (grad_output, input), grad_output, input,
+                      weight_size, stride, padding, dilation, *g)
 
     def call_backward(self, grad_output, input, weight, stride, padding, dilation, groups):
         g = (groups,) if self.grouped else ()
-        return getattr(torch.ops.effconv, self.ops["backward"])(grad_output, input, weight, stride, padding, dilation,
-                                                                 *g)
+        return c.call(self.ops["backward"], self.impls["backward"], (grad_output, input, weight), grad_output, input,
+                      weight, stride, padding, dilation, *g)
 
     def grads(self, grad_output, input, weight, stride, padding, dilation, groups, need_input, need_weight,
               need_bias):
@@ -520,17 +520,15 @@ class ConvFamily:
             def bw_fake(grad_output, input, weight, stride, padding, dilation):
                 return fam.backward_fake(grad_output, input, weight, stride, padding, dilation, input.shape[1])
 
-        self.impl = fwd  # what functionals call directly when the dispatcher has nothing to add
+        self.impls = {"forward": fwd, "grad_input": gi, "grad_weight": gw}
         registrations = [(name, fwd, fwd_fake), (ops["grad_input"], gi, gi_fake), (ops["grad_weight"], gw, gw_fake)]
         if "backward" in ops:
+            self.impls["backward"] = bw
             registrations.append((ops["backward"], bw, bw_fake))
-            torch.library.register_autograd(f"effconv::{ops['backward']}", self._backward_backward,
-                                            setup_context=self._setup_backward)
+            c.register_autograd(ops["backward"], bw, self._backward_backward, self._setup_backward)
         for op, real, fake in registrations:
             torch.library.register_fake(f"effconv::{op}")(fake)
             torch.library.register_kernel(f"effconv::{op}", ("cpu", "cuda"), real)
-        torch.library.register_autograd(f"effconv::{name}", self._backward_forward, setup_context=self._setup_forward)
-        torch.library.register_autograd(f"effconv::{ops['grad_input']}", self._backward_grad_input,
-                                        setup_context=self._setup_grad_input)
-        torch.library.register_autograd(f"effconv::{ops['grad_weight']}", self._backward_grad_weight,
-                                        setup_context=self._setup_grad_weight)
+        self.function = c.register_autograd(name, fwd, self._backward_forward, self._setup_forward)
+        c.register_autograd(ops["grad_input"], gi, self._backward_grad_input, self._setup_grad_input)
+        c.register_autograd(ops["grad_weight"], gw, self._backward_grad_weight, self._setup_grad_weight)

@@ -109,4 +109,3 @@ FAMILY = ConvFamily(
     describe=kernel_name,
 )
 TABLES = {FAMILY.ops[k]: t for k, t in FAMILY.tables.items()}
-conv2d_impl = FAMILY.impl

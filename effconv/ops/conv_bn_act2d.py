@@ -133,8 +133,8 @@ def _backward(ctx, grad_y, _grad_z, _grad_mean, _grad_var):
     fam = family_of(input.shape[1], weight.shape, groups)
     with backends.use_backend(ctx.backend):
         invstd = torch.rsqrt(var + eps)
-        g_z, g_gamma, g_beta = torch.ops.effconv.bn_act_backward(grad_y, z, mean, invstd, bn_weight, bn_bias,
-                                                                  ctx.activation)
+        g_z, g_gamma, g_beta = c.call(BWD, bn_act_backward_impl, (grad_y, z, mean, invstd, bn_weight, bn_bias),
+                                      grad_y, z, mean, invstd, bn_weight, bn_bias, ctx.activation)
         grad_input, grad_weight, _ = fam.grads(g_z, input, weight, stride, padding, dilation, groups, need[0],
                                                need[1], False)
     g_gamma = g_gamma.to(bn_weight.dtype) if need[2] and bn_weight is not None else None
@@ -142,7 +142,7 @@ def _backward(ctx, grad_y, _grad_z, _grad_mean, _grad_var):
     return grad_input, grad_weight, g_gamma, g_beta, None, None, None, None, None, None
 
 
-torch.library.register_autograd("effconv::conv_bn_act2d", _backward, setup_context=_setup)
+FUNCTION = c.register_autograd(OP, conv_bn_act2d_impl, _backward, _setup)
 
 
 # ---------------------------------------------------------------- bn_act_backward

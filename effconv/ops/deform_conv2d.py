@@ -290,11 +290,12 @@ def _backward(ctx, grad):
     if not any(output_mask):
         return None, None, None, None, None, None, None, None
     with backends.use_backend(ctx.backend):
-        gi, go, gw, gm, gb = torch.ops.effconv.deform_conv2d_backward(grad, input, offset, weight, mask, *ctx.conf,
-                                                                      output_mask)
+        gi, go, gw, gm, gb = c.call("deform_conv2d_backward", deform_conv2d_backward_impl,
+                                    (grad, input, offset, weight, mask), grad, input, offset, weight, mask, *ctx.conf,
+                                    output_mask)
     pick = lambda g, want: g if want else None  # noqa: E731
     return (pick(gi, output_mask[0]), pick(go, output_mask[1]), pick(gw, output_mask[2]), pick(gm, output_mask[3]),
             pick(gb, output_mask[4]), None, None, None)
 
 
-torch.library.register_autograd("effconv::deform_conv2d", _backward, setup_context=_setup)
+FUNCTION = c.register_autograd("deform_conv2d", deform_conv2d_impl, _backward, _setup)

@@ -115,4 +115,3 @@ FAMILY = ConvFamily(
     gpu_rule=auto_gpu_backend,
 )
 TABLES = {FAMILY.ops[k]: t for k, t in FAMILY.tables.items()}
-depthwise_conv2d_impl = FAMILY.impl

@@ -107,4 +107,4 @@ def _backward(ctx, grad):
     return g_u.to(input.dtype) if need[0] else None, g_bias, g_scale, g_shift, None
 
 
-torch.library.register_autograd("effconv::epilogue", _backward, setup_context=_setup)
+FUNCTION = c.register_autograd("epilogue", epilogue_impl, _backward, _setup)

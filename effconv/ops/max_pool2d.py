@@ -179,11 +179,11 @@ def _backward(ctx, grad):
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None, None
     with backends.use_backend(ctx.backend):
-        grad_input = torch.ops.effconv.max_pool2d_backward(grad, input, *ctx.conf)
+        grad_input = c.call("max_pool2d_backward", max_pool2d_backward_impl, (grad, input), grad, input, *ctx.conf)
     return grad_input, None, None, None, None, None
 
 
-torch.library.register_autograd("effconv::max_pool2d", _backward, setup_context=_setup)
+FUNCTION = c.register_autograd("max_pool2d", max_pool2d_impl, _backward, _setup)
 
 
 def _setup_backward(ctx, inputs, output):
@@ -202,4 +202,4 @@ def _backward_backward(ctx, grad):
     return picked.contiguous(memory_format=c.conv_memory_format(input)), None, None, None, None, None, None
 
 
-torch.library.register_autograd("effconv::max_pool2d_backward", _backward_backward, setup_context=_setup_backward)
+c.register_autograd("max_pool2d_backward", max_pool2d_backward_impl, _backward_backward, _setup_backward)
