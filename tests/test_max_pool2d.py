@@ -23,6 +23,11 @@ CASES = [
     ("1x1_s2", (2, 3, 7, 8), 1, 2, 0, 1, False),
     ("7x7_window_equals_input", (1, 70, 7, 7), 7, 1, 0, 1, False),
     ("batch1_one_channel", (1, 1, 9, 9), 3, 2, 1, 1, True),
+    # Dilated taps further apart than the stride: input row 7 is under output
+    # row 1 after row 6 was under row 2 only (the backward's argmax ring).
+    ("3x3_s3_d2", (1, 18, 14, 13), 3, 3, 1, 2, False),
+    # More covering output rows per input row (11) than the backward gathers at once (8).
+    ("11x11_s1_p5", (1, 18, 20, 21), 11, 1, 5, 1, False),
     ("batch0", (0, 8, 9, 9), 3, 2, 0, 1, False),
 ]
 IDS = [c[0] for c in CASES]
@@ -90,10 +95,11 @@ def _narrow(case, channels=6):
 
 # The interpreter runs the backward's window scan (taps^2 per element):
 # every layout for the small windows, channels_last for the larger ones,
-# and no 7x7 (49 x 49 taps).
+# and no 7x7 or 11x11 (49 x 49 and 121 x 121 taps).
+_TOO_SLOW = ("7x7_window_equals_input", "11x11_s1_p5")
 TRITON_RUNS = [(c, layout) for c in CASES for layout in ("nchw", "channels_last", "noncontig")
-               if c[0] not in ("7x7_window_equals_input", "5x3_s3_p21_ceil", "3x3_s1_p1_d2_ceil")
-               or layout == "channels_last" and c[0] != "7x7_window_equals_input"]
+               if c[0] not in _TOO_SLOW + ("5x3_s3_p21_ceil", "3x3_s1_p1_d2_ceil")
+               or layout == "channels_last" and c[0] not in _TOO_SLOW]
 
 
 @pytest.mark.triton

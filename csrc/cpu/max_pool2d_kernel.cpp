@@ -4,12 +4,14 @@
 // forward's rule (first maximum, a NaN wins; the first valid tap when every
 // value is -inf: where PyTorch's saved index points), so nothing
 // activation-sized is saved. Threads own disjoint channels (or planes), so
-// the accumulation into overlapping windows is race-free and deterministic.
+// overlapping windows are summed race-free and deterministically: in
+// channels_last each input pixel gathers from the windows covering it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "common.h"
 #include "kernels.h"
@@ -69,6 +71,36 @@ void backward_plane(const T* x, const T* go, T* gi, const Pool2dShape& s) {
     }
 }
 
+// The outputs along one axis whose windows (start o * stride - pad, k taps
+// dil apart) cover each input coordinate: list[begin[x] .. begin[x + 1]),
+// ascending.
+struct Covering {
+  std::vector<int64_t> begin, list;
+};
+Covering covering(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+  Covering cov;
+  cov.begin.assign(in + 1, 0);
+  for (int pass = 0; pass < 2; ++pass) {  // count, then fill
+    std::vector<int64_t> next(cov.begin.begin(), cov.begin.end() - 1);
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t start = o * stride - pad;
+      const PoolTaps t = pool_taps(start, k, dil, in);
+      for (int64_t i = t.first; i < t.end; ++i) {
+        const int64_t x = start + i * dil;
+        if (pass == 0)
+          ++cov.begin[x + 1];
+        else
+          cov.list[next[x]++] = o;
+      }
+    }
+    if (pass == 0) {
+      for (int64_t x = 0; x < in; ++x) cov.begin[x + 1] += cov.begin[x];
+      cov.list.resize(cov.begin[in]);
+    }
+  }
+  return cov;
+}
+
 template <typename T>
 void backward_typed(const at::Tensor& x, const at::Tensor& go, at::Tensor& gi, const Pool2dShape& s, bool rows) {
   const T* xp = x.data_ptr<T>();
@@ -81,8 +113,21 @@ void backward_typed(const at::Tensor& x, const at::Tensor& go, at::Tensor& gi, c
     const int64_t L = isa.lanes<T>(), vecs = ceil_div(s.C, L);
     const int64_t parts = std::min(vecs, std::max<int64_t>(1, ceil_div(2 * at::get_num_threads(), s.N)));
     const int64_t per = ceil_div(vecs, parts) * L;
+    const Covering by_row = covering(s.H, s.P, s.kh, s.sh, s.ph, s.dh);
+    const Covering by_col = covering(s.W, s.Q, s.kw, s.sw, s.pw, s.dw);
     MaxPoolBwdArgs<T> args;
     args.s = s;
+    args.row_begin = by_row.begin.data(), args.rows = by_row.list.data();
+    args.col_begin = by_col.begin.data(), args.cols = by_col.list.data();
+    // Output rows live at once: input row h needs its covering rows, and the
+    // kernel has computed every row up to the last one any row so far needed.
+    int64_t done = 0;
+    for (int64_t h = 0; h < s.H; ++h) {
+      const int64_t b = by_row.begin[h], e = by_row.begin[h + 1];
+      if (b == e) continue;
+      done = std::max(done, by_row.list[e - 1] + 1);
+      args.ring = std::max(args.ring, done - by_row.list[b]);
+    }
     at::parallel_for(0, s.N * parts, 1, [&](int64_t begin, int64_t end) {
       MaxPoolBwdArgs<T> part = args;
       for (int64_t t = begin; t < end; ++t) {
@@ -139,7 +184,7 @@ void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
   const bool direct = grad_input.scalar_type() == ct &&
                       grad_input.is_contiguous(rows ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   at::Tensor gi = direct ? grad_input : at::empty_like(x);
-  gi.zero_();
+  if (!rows || go.numel() == 0) gi.zero_();  // the channels_last kernel writes every element
   if (gi.numel() > 0 && go.numel() > 0) {
     if (ct == at::kDouble)
       backward_typed<double>(x, go, gi, s, rows);

@@ -461,10 +461,13 @@ struct MaxPoolArgs {
   Pool2dShape s;
 };
 
-// Max pooling backward, channels_last, one image, channels [c0, c1): adds
-// each output's gradient go[(p * Q + q) * C + c] to its window's argmax in
-// gi (zeroed by the caller), with the forward's rule (first maximum, a NaN
-// wins; an all -inf window credits its first valid tap).
+// Max pooling backward, channels_last, one image, channels [c0, c1): writes
+// every element of gi: the sum of the gradients go[(p * Q + q) * C + c] of
+// the windows whose argmax it is, by the forward's rule (first maximum, a
+// NaN wins; an all -inf window credits its first valid tap), in (p, q)
+// order. The output rows covering input row h are rows[row_begin[h] ..
+// row_begin[h + 1]) in ascending order, likewise the columns; `ring` output
+// rows' argmaxes are live at once (max_pool2d_kernel.cpp builds all three).
 template <typename T>
 struct MaxPoolBwdArgs {
   const T* x = nullptr;
@@ -472,6 +475,8 @@ struct MaxPoolBwdArgs {
   T* gi = nullptr;
   int64_t c0 = 0, c1 = 0;
   Pool2dShape s;
+  const int64_t *row_begin = nullptr, *rows = nullptr, *col_begin = nullptr, *cols = nullptr;
+  int64_t ring = 1;
 };
 
 // The ISAs whose igemm has the channel-interleaved kernel (impl.h's kCi4).
