@@ -120,8 +120,10 @@ struct WGemmArgs {
   int64_t kcols = 0;
 
   // When set, dsum[k] += sum_m D[m][k] over the columns this call reads
-  // (the panels' npanels * nr, or dy's kcols): the bias gradient, from rows
-  // that are in cache for the GEMM anyway.
+  // (the panels' npanels * nr, or dy's kcols): the bias gradient. Panels
+  // are summed inside the GEMM block that first reads their rows (a pass of
+  // its own took the misses on D: 1x1 16->96 112² N16 0.75x the time with
+  // it fused); dy's columns in a pass over rows the GEMM then finds cached.
   T* dsum = nullptr;
 };
 

@@ -554,20 +554,27 @@ inline int64_t d_pitch(const WGemmArgs<T>& g) {
   return g.d_ld ? g.d_ld : int64_t(g.nv) * VecTraits<T>::L;
 }
 
-template <typename T, int MR, int NV>
-void wgemm_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, const T* dp, T* out, int64_t ld) {
+// SUM: also add the panel's columns into dsum (the bias gradient, see
+// WGemmArgs::dsum), in the same order a pass of its own would.
+template <typename T, int MR, int NV, bool SUM = false>
+void wgemm_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, const T* dp, T* out, int64_t ld, T* dsum = nullptr) {
   constexpr int L = VecTraits<T>::L;
-  vec_t<T> acc[MR][NV];
+  vec_t<T> acc[MR][NV], sum[NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = vec_t<T>{};
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) sum[v] = vec_t<T>{};
   const int64_t ldd = d_pitch(g);
   for (int64_t m = 0; m < g.m; ++m) {
     const T* xp = g.x[m * g.ntaps + t] + g.x_off + c0;
     vec_t<T> bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = vload(dp + m * ldd + v * L);
+    if constexpr (SUM)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) sum[v] += bv[v];
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
       const T s = xp[i];
@@ -575,6 +582,8 @@ void wgemm_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, const T* dp, T* o
       for (int v = 0; v < NV; ++v) acc[i][v] += s * bv[v];
     }
   }
+  if constexpr (SUM)
+    for (int v = 0; v < NV; ++v) vstore(dsum + v * L, vload(dsum + v * L) + sum[v]);
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) {
       T* o = out + i * ld + v * L;
@@ -617,7 +626,11 @@ void wgemm_nv(const WGemmArgs<T>& g) {
       // Channel blocks of MRMAX, then 8/4/2/1 for the remainder, so no row
       // ever reads past its tap's cg channels.
       for_each_row_block<MRMAX>(g.cg, [&](auto mr, int64_t c0) {
-        wgemm_block<T, decltype(mr)::value, NV>(g, t, c0, dp, g.dw + (t * g.cg + c0) * ld + p * NR, ld);
+        T* out = g.dw + (t * g.cg + c0) * ld + p * NR;
+        if (g.dsum && t == 0 && c0 == 0)
+          wgemm_block<T, decltype(mr)::value, NV, true>(g, t, c0, dp, out, ld, g.dsum + p * NR);
+        else
+          wgemm_block<T, decltype(mr)::value, NV>(g, t, c0, dp, out, ld);
       });
     }
   }
@@ -725,15 +738,7 @@ void colsum(const T* src, int64_t ld, int64_t rows, int64_t cols, T* acc) {
 
 template <typename T>
 void wgemm(const WGemmArgs<T>& g) {
-  if (g.dsum) {
-    if (g.dy) {
-      colsum(g.dy, g.ldd, g.m, g.kcols, g.dsum);
-    } else {
-      const int64_t nr = int64_t(g.nv) * VecTraits<T>::L;
-      for (int64_t p = 0; p < g.npanels; ++p)
-        colsum(g.d + p * g.d_panel_stride, d_pitch(g), g.m, nr, g.dsum + p * nr);
-    }
-  }
+  if (g.dsum && g.dy) colsum(g.dy, g.ldd, g.m, g.kcols, g.dsum);  // (wgemm_nv sums the panels as it reads them)
   if (g.dy) {
     switch (g.nv) {
       case 1: wgemm_t_v1(g); break;
