@@ -78,26 +78,20 @@ struct Covering {
   std::vector<int64_t> begin, list;
 };
 Covering covering(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
-  Covering cov;
-  cov.begin.assign(in + 1, 0);
-  for (int pass = 0; pass < 2; ++pass) {  // count, then fill
-    std::vector<int64_t> next(cov.begin.begin(), cov.begin.end() - 1);
+  auto each_tap = [&](auto f) {  // f(input coordinate, output), outputs ascending
     for (int64_t o = 0; o < out; ++o) {
       const int64_t start = o * stride - pad;
       const PoolTaps t = pool_taps(start, k, dil, in);
-      for (int64_t i = t.first; i < t.end; ++i) {
-        const int64_t x = start + i * dil;
-        if (pass == 0)
-          ++cov.begin[x + 1];
-        else
-          cov.list[next[x]++] = o;
-      }
+      for (int64_t i = t.first; i < t.end; ++i) f(start + i * dil, o);
     }
-    if (pass == 0) {
-      for (int64_t x = 0; x < in; ++x) cov.begin[x + 1] += cov.begin[x];
-      cov.list.resize(cov.begin[in]);
-    }
-  }
+  };
+  Covering cov;
+  cov.begin.assign(in + 1, 0);
+  each_tap([&](int64_t x, int64_t) { ++cov.begin[x + 1]; });
+  for (int64_t x = 0; x < in; ++x) cov.begin[x + 1] += cov.begin[x];
+  cov.list.resize(cov.begin[in]);
+  std::vector<int64_t> next(cov.begin.begin(), cov.begin.end() - 1);
+  each_tap([&](int64_t x, int64_t o) { cov.list[next[x]++] = o; });
   return cov;
 }
 

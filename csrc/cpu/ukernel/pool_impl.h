@@ -23,32 +23,44 @@ inline T max_nan1(T m, T x) {
   return (x > m) | (x != x) ? x : m;
 }
 
+// Requests the input the window one output row below `win` (output row p,
+// starting at input row hs) adds to it: its rows past this window's last,
+// columns [ws, ws + sw), channels [c0, c0 + bytes / sizeof(T)) of each pixel.
+// Inputs beyond the caches otherwise stream latency-bound (SqueezeNet's
+// pool1 and ResNet's stem pool at N16, 50 MB inputs: the forward 2.5-2.7 ms
+// without, 1.0 ms with; the backward ~45% of its time). Always inlined:
+// called out of line from the backward's argmax loop, the backward took
+// 1.6x as long.
+template <typename T>
+__attribute__((always_inline)) inline void prefetch_next_window(const T* x, const Pool2dShape& s, const PoolWindow& win, int64_t hs, int64_t c0,
+                                 int64_t bytes) {
+  const int64_t last = (s.kh - 1) * s.dh;
+  const int64_t w0 = win.ws < 0 ? 0 : win.ws, w1 = win.ws + s.sw < s.W ? win.ws + s.sw : s.W;
+  for (int64_t i = 0; i < s.kh && w1 > w0; ++i) {
+    const int64_t r = hs + s.sh + i * s.dh;
+    if (r <= hs + last || r < 0 || r >= s.H) continue;
+    // Whole pixels are one span (per pixel, the forward ran 3-6% slower).
+    const bool whole = bytes == s.C * int64_t(sizeof(T));
+    for (int64_t w = w0; w < (whole ? w0 + 1 : w1); ++w) {
+      const char* from = reinterpret_cast<const char*>(x + (r * s.W + w) * s.C + c0);
+      const int64_t span = whole ? (w1 - w0) * bytes : bytes;
+      for (int64_t off = 0; off < span; off += 64) __builtin_prefetch(from + off, 0, 3);
+    }
+  }
+}
+
 template <typename T>
 void maxpool_nhwc(const MaxPoolArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   const vec_t<T> ninf = vsplat<T>(-std::numeric_limits<T>::infinity());
   const Pool2dShape& s = g.s;
   const int64_t C = s.C;
-  // Rows the next output row's windows add to this row's, requested one
-  // output row ahead: inputs beyond the caches otherwise streamed
-  // latency-bound (SqueezeNet's pool1 and ResNet's stem pool at N16, 50 MB
-  // inputs: 2.5-2.7 ms without, 1.0 ms with).
-  const int64_t last = (s.kh - 1) * s.dh;
   for (int64_t p = g.p0; p < g.p1; ++p) {
     const int64_t hs = p * s.sh - s.ph;
     for (int64_t q = 0; q < s.Q; ++q) {
       const PoolWindow win = pool_window(s, p, q);
       T* y = g.y + (p * s.Q + q) * C;
-      if (g.prefetch && p + 1 < g.p1) {
-        const int64_t w0 = win.ws < 0 ? 0 : win.ws, w1 = win.ws + s.sw < s.W ? win.ws + s.sw : s.W;
-        for (int64_t i = 0; i < s.kh; ++i) {
-          const int64_t r = hs + s.sh + i * s.dh;
-          if (r <= hs + last || r < 0 || r >= s.H || w1 <= w0) continue;
-          const char* from = reinterpret_cast<const char*>(g.x + (r * s.W + w0) * C);
-          const int64_t bytes = (w1 - w0) * C * int64_t(sizeof(T));
-          for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(from + off, 0, 3);
-        }
-      }
+      if (g.prefetch && p + 1 < g.p1) prefetch_next_window(g.x, s, win, hs, 0, C * int64_t(sizeof(T)));
       int64_t c = 0;
       for (; c + 4 * L <= C; c += 4 * L) {
         vec_t<T> m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
@@ -133,27 +145,16 @@ void maxpool_backward(const MaxPoolBwdArgs<T>& g) {
   const int64_t C = s.C, nv = (g.c1 - g.c0 + L - 1) / L;
   thread_local std::vector<IV> ring;
   if (ring.size() < size_t(g.ring * s.Q * nv)) ring.resize(g.ring * s.Q * nv);
-  // Like the forward, the input rows the next output row adds and its
-  // gradients are requested a row ahead: both stream from memory, and
-  // latency-bound they took ~45% of the time.
-  const int64_t last = (s.kh - 1) * s.dh, cbytes = (g.c1 - g.c0) * int64_t(sizeof(T));
-  auto fetch = [](const T* from, int64_t bytes) {
-    const char* b = reinterpret_cast<const char*>(from);
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(b + off, 0, 3);
-  };
+  const int64_t cbytes = (g.c1 - g.c0) * int64_t(sizeof(T));
   auto argmax_row = [&](int64_t p) {
     IV* a = ring.data() + p % g.ring * s.Q * nv;
     const int64_t hs = p * s.sh - s.ph;
     for (int64_t q = 0; q < s.Q; ++q) {
       const PoolWindow win = pool_window(s, p, q);
-      if (p + 1 < s.P) {
-        fetch(g.go + ((p + 1) * s.Q + q) * C + g.c0, cbytes);
-        const int64_t w0 = win.ws < 0 ? 0 : win.ws, w1 = win.ws + s.sw < s.W ? win.ws + s.sw : s.W;
-        for (int64_t i = 0; i < s.kh && w1 > w0; ++i) {
-          const int64_t r = hs + s.sh + i * s.dh;
-          if (r > hs + last && r >= 0 && r < s.H)
-            for (int64_t w = w0; w < w1; ++w) fetch(g.x + (r * s.W + w) * C + g.c0, cbytes);
-        }
+      if (p + 1 < s.P) {  // the next row's input, as the forward does, and its gradients
+        const char* go = reinterpret_cast<const char*>(g.go + ((p + 1) * s.Q + q) * C + g.c0);
+        for (int64_t off = 0; off < cbytes; off += 64) __builtin_prefetch(go + off, 0, 3);
+        prefetch_next_window(g.x, s, win, hs, g.c0, cbytes);
       }
       for (int64_t v = 0; v < nv; ++v) {
         const int64_t c = g.c0 + v * L, n = g.c1 - c < L ? g.c1 - c : L;
@@ -185,7 +186,7 @@ void maxpool_backward(const MaxPoolBwdArgs<T>& g) {
     T* const gi_row = g.gi + h * s.W * C;
     // Rows covered by more windows than kMaxRows (tiny strides, tall
     // kernels) take them in chunks, adding into what is stored.
-    for (int64_t r0 = 0; r0 < nrows || r0 == 0; r0 += kMaxRows) {
+    for (int64_t r0 = 0; r0 == 0 || r0 < nrows; r0 += kMaxRows) {  // once when no row covers h: zeros
       const int64_t nr = nrows - r0 < kMaxRows ? nrows - r0 : kMaxRows;
       for (int64_t r = 0; r < nr; ++r) {
         arow[r] = ring.data() + rows[r0 + r] % g.ring * s.Q * nv;
@@ -214,7 +215,6 @@ void maxpool_backward(const MaxPoolBwdArgs<T>& g) {
         for (; g.c0 + (v + 1) * L <= g.c1; ++v) gather(v, g.c0 + v * L, std::true_type{});
         if (v < nv) gather(v, g.c0 + v * L, std::false_type{});
       }
-      if (nrows == 0) break;
     }
   }
 }
