@@ -127,6 +127,26 @@ inline int64_t forward_band(const Conv2dShape& s, int64_t vec_bytes) {
   return band;
 }
 
+// Requests into L2 the input rows the band after rows [np, np + band)
+// (global n * P + p) reads and that band does not: whole rows, contiguous in
+// a dense channels_last input. The row kernels walk one channel vector of a
+// row at a time, 64 bytes out of every pixel's C * sizeof(T), which from
+// DRAM ran latency-bound: the 56² MobileNetV2 maps at N32 (58 MB inputs)
+// took 0.56x (stride 2) and 0.72x (stride 1) the time with this request a
+// band ahead, 5x5 C672 28² s2 N16 0.90x. Into L1 it gained less (0.72x,
+// 0.77x): a band's rows are larger than L1d and evicted the working set.
+template <typename T>
+void prefetch_next_band(const Conv2dShape& s, const T* xp, int64_t np, int64_t band, int64_t band_max) {
+  const int64_t n = np / s.P, p = np % s.P, next = np + band;
+  const int64_t n2 = next / s.P, p2 = next % s.P, band2 = std::min(band_max, s.P - p2);
+  const int64_t span = (s.R - 1) * s.dil_h + 1;  // input rows one output row reads
+  int64_t lo = p2 * s.stride_h - s.pad_h, hi = (p2 + band2 - 1) * s.stride_h - s.pad_h + span;
+  if (n2 == n) lo = std::max(lo, (p + band - 1) * s.stride_h - s.pad_h + span);
+  lo = std::max<int64_t>(lo, 0);
+  hi = std::min(hi, s.H);
+  if (lo < hi) prefetch_span(xp + (n2 * s.H + lo) * s.W * s.C, (hi - lo) * s.W * s.C * int64_t(sizeof(T)), PrefetchTo::L2);
+}
+
 // Output rows [begin, end) (global n * P + p) of a channels_last forward
 // into out (pixel pitches on, oh), in bands of forward_band rows of one
 // image: `row` holds the arguments, `rows` the kernel rows' scratch.
@@ -140,9 +160,11 @@ void forward_rows(const IsaKernels& isa, const Conv2dShape& s, const T* xp, T* o
   rows.resize(band_max * s.R);
   row.rows = rows.data();
   row.out_rs = oh;
+  const bool prefetch = s.N * s.H * s.W * s.C * int64_t(sizeof(T)) > kBeyondCaches;
   for (int64_t np = begin; np < end; np += row.band) {
     const int64_t n = np / s.P, p = np % s.P;
     row.band = std::min({band_max, s.P - p, end - np});
+    if (prefetch && np + row.band < end) prefetch_next_band(s, xp, np, row.band, band_max);
     for (int64_t b = 0; b < row.band; ++b) kernel_row_inputs(s, xp, n, p + b, rows.data() + b * s.R);
     row.out = op + n * on + p * oh;
     isa.dwrow(row);
@@ -159,7 +181,7 @@ void forward_rows(const IsaKernels& isa, const Conv2dShape& s, const T* xp, T* o
 template <typename T>
 bool stream_output(const at::Tensor& out, int64_t read_bytes) {
   const int64_t sz = sizeof(T);
-  return out.numel() * sz + read_bytes > (int64_t(16) << 20) && (out.stride(3) * sz) % 64 == 0 &&
+  return out.numel() * sz + read_bytes > kBeyondCaches && (out.stride(3) * sz) % 64 == 0 &&
          (out.stride(2) * sz) % 64 == 0 && (out.stride(0) * sz) % 64 == 0 &&
          reinterpret_cast<uintptr_t>(out.data_ptr<T>()) % 64 == 0;
 }

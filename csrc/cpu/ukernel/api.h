@@ -12,6 +12,36 @@
 namespace effconv {
 namespace cpu {
 
+// Operands larger than this (half of the 32 MiB L3 of the machines we
+// measure on) stream from DRAM: the kernels request them ahead of use
+// (prefetch_span) and stream their outputs past the caches.
+constexpr int64_t kBeyondCaches = int64_t(16) << 20;
+
+// Where prefetch_span puts what it requests: every level, or L2 and below
+// (a span larger than L1d would evict the lines the kernel is working on).
+enum class PrefetchTo { L1, L2 };
+
+// Requests `bytes` from p on, one request per 64-byte line. Volatile asm on
+// x86: GCC models __builtin_prefetch as touching no memory, so a helper that
+// only prefetches counts as a const function and calls to it are deleted
+// (the depthwise band prefetch compiled to nothing that way).
+__attribute__((always_inline)) inline void prefetch_span(const void* p, int64_t bytes, PrefetchTo to = PrefetchTo::L1) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) {
+#if defined(__x86_64__)
+    if (to == PrefetchTo::L1)
+      asm volatile("prefetcht0 %0" : : "m"(c[off]));
+    else
+      asm volatile("prefetcht1 %0" : : "m"(c[off]));
+#else
+    if (to == PrefetchTo::L1)
+      __builtin_prefetch(c + off, 0, 3);
+    else
+      __builtin_prefetch(c + off, 0, 2);
+#endif
+  }
+}
+
 // Per-output-column epilogue operands, padded by the caller to a whole number
 // of panels. Null pointers mean "absent". `act` is an effconv::Activation.
 template <typename T>

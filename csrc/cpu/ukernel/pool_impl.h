@@ -42,9 +42,7 @@ __attribute__((always_inline)) inline void prefetch_next_window(const T* x, cons
     // Whole pixels are one span (per pixel, the forward ran 3-6% slower).
     const bool whole = bytes == s.C * int64_t(sizeof(T));
     for (int64_t w = w0; w < (whole ? w0 + 1 : w1); ++w) {
-      const char* from = reinterpret_cast<const char*>(x + (r * s.W + w) * s.C + c0);
-      const int64_t span = whole ? (w1 - w0) * bytes : bytes;
-      for (int64_t off = 0; off < span; off += 64) __builtin_prefetch(from + off, 0, 3);
+      prefetch_span(x + (r * s.W + w) * s.C + c0, whole ? (w1 - w0) * bytes : bytes);
     }
   }
 }
