@@ -81,16 +81,20 @@ CASES = [
     Case("gwt_cg16_2x2_d2", 2, 48, 8, 7, 36, 2, 2, padding=1, dilation=2, groups=3),
     Case("gwt_cg16_1x5_nobias", 1, 32, 5, 11, 20, 1, 5, padding=(0, 2), groups=2, bias=False),
     # Grouped convs with as many input as output channels per group, several
-    # groups per vector and whole vectors of channels: the CPU forward (and,
-    # at stride 1, grad_input) runs the sliding-window row kernel for 3-wide
-    # kernels (blocks of 16, 8 and 4 outputs, partly empty ones at the end of
-    # a row); 3x5 stays on the indirect kernels.
+    # groups per vector and whole vectors of channels: the CPU forward and
+    # grad_input run the sliding-window row kernel for 3-wide kernels (blocks
+    # of 16, 8 and 4 outputs, partly empty ones at the end of a row; a strided
+    # grad_input as one stride-1 conv per residue class, with 1- and 2-wide
+    # windows, rows past the last output's reach getting zeros); 3x5 stays on
+    # the indirect kernels.
     Case("grows_cg4", 2, 64, 7, 19, 64, 3, 3, padding=1, groups=16),
     Case("grows_cg8_s2_nobias", 1, 64, 9, 21, 64, 3, 3, stride=2, padding=1, groups=8, bias=False),
     Case("grows_cg2_p0", 1, 32, 5, 40, 32, 3, 3, groups=16),
     Case("grows_5x3_s12", 1, 64, 11, 10, 64, 5, 3, stride=(1, 2), padding=(2, 1), groups=16),
     Case("grows_3x5", 1, 32, 6, 9, 32, 3, 5, padding=(1, 2), groups=8),
     Case("grows_pad3", 1, 32, 4, 5, 32, 3, 3, padding=3, groups=8),
+    Case("grows_s2_p0_even", 1, 32, 10, 12, 32, 3, 3, stride=2, groups=8),
+    Case("grows_5x3_s32_p2", 2, 64, 13, 11, 64, 5, 3, stride=(3, 2), padding=2, groups=16),
     # 3x3 stride-1 convs with >= 16 in / 32 out channels: the CPU forward runs
     # Winograd (F(4x4, 3x3) on outputs large enough for it, F(2x2, 3x3) on the
     # 6x5 one), and so does grad_input when the transposed conv qualifies

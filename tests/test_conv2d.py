@@ -195,10 +195,11 @@ def test_winograd_tile_rule():
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("grows_cg4", "grows_5x3_s12", "g32_resnext")])
+@pytest.mark.parametrize("case", [BY_NAME[n].param() for n in ("grows_cg4", "grows_5x3_s12", "grows_s2_p0_even",
+                                                                 "g32_resnext")])
 def test_gconv_rows_match_indirect(case, layout, gen):
-    """The grouped sliding-window row kernel (forward; grad_input at stride 1)
-    against the indirect gconv kernel it replaces."""
+    """The grouped sliding-window row kernel (forward and grad_input, strided
+    ones per residue class) against the indirect gconv kernel it replaces."""
     C = _ext.C()
     pad = (case.padding,) * 2 if isinstance(case.padding, int) else case.padding
     stride = (case.stride,) * 2 if isinstance(case.stride, int) else case.stride

@@ -46,6 +46,12 @@ def test_epilogue_cpu(shape, layout, activation):
     run("cpu", shape, layout, activation, torch.float64)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_epilogue_cpu_streamed(layout):
+    """Input and output past 16 MiB: the CPU kernel stores non-temporally."""
+    run("cpu", (2, 48, 160, 160), layout, "relu6")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_epilogue_cpu_low_precision(dtype):
     run("cpu", (2, 19, 5, 7), "channels_last", "silu", dtype)

@@ -37,6 +37,11 @@ void epilogue_typed(const at::Tensor& x, at::Tensor& y, bool rows_mode, const c1
   args.cols = x.numel() / std::max<int64_t>(rows, 1);
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
+  // Past the caches y goes straight to memory, as the conv kernels' outputs
+  // do (training-mode Conv-BN-ReLU6 forward, 1x1 16->96 112² N16: 0.93x the
+  // time, depthwise C144 56² N32: 0.87x).
+  args.stream = 2 * x.numel() * int64_t(sizeof(T)) > kBeyondCaches && reinterpret_cast<uintptr_t>(yp) % 64 == 0 &&
+                (args.cols * int64_t(sizeof(T))) % 64 == 0;
   const IsaKernels& isa = isa_kernels();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(args.cols, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {

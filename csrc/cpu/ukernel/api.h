@@ -134,6 +134,8 @@ struct WGemmArgs {
   int64_t npanels = 0;
 
   T* dw = nullptr;  // [ntaps * cg][npanels * nr], accumulated into
+  const T* zero = nullptr;  // plain form: rows whose X pointer is `zero` (padding) are skipped, except
+                            // in the block that also sums the bias gradient
 
   // Transposed form, for few output channels (dy non-null; d, npanels
   // unused): rows are output channels read straight from the channels_last
@@ -199,9 +201,10 @@ struct GConvArgs {
 template <typename T>
 struct GConvRowArgs {
   const T* const* rows = nullptr;  // per kernel row: input row (pixel 0, channel 0), or null (padding)
-  int64_t R = 0, W = 0, Q = 0;        // kernel rows (each 3 wide), input and output row lengths
+  int64_t R = 0, S = 3;            // kernel rows, and taps per row: 3 (stride 1 or 2), or 1 and 2 (stride 1)
+  int64_t W = 0, Q = 0;            // input and output row lengths
   int64_t C = 0;                   // channels per input pixel (its pitch)
-  int64_t stride = 1, pad = 0;     // along W: stride 1 or 2
+  int64_t stride = 1, pad = 0;     // along W; pad may be negative (the window starts inside the row)
   int64_t cg = 0, kg = 0;
   const T* w = nullptr;            // gconv's packing, [vb][R*S][cg][L]
   int64_t vb_begin = 0, vb_end = 0;
@@ -376,6 +379,7 @@ struct EpilogueMapArgs {
   bool planes = false;     // NCHW planes instead of channels_last rows
   int64_t channels = 0;    // for planes: plane r has channel (first_row + r) % channels
   int64_t first_row = 0;
+  bool stream = false;    // non-temporal stores (caller checked 64-byte alignment of every full vector)
   EpilogueArgs<T> ep;     // indexed by channel; unpadded
 };
 

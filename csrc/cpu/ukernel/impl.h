@@ -568,7 +568,9 @@ void wgemm_block(const WGemmArgs<T>& g, int64_t t, int64_t c0, const T* dp, T* o
   for (int v = 0; v < NV; ++v) sum[v] = vec_t<T>{};
   const int64_t ldd = d_pitch(g);
   for (int64_t m = 0; m < g.m; ++m) {
-    const T* xp = g.x[m * g.ntaps + t] + g.x_off + c0;
+    const T* xrow = g.x[m * g.ntaps + t];
+    if (!SUM && xrow == g.zero) continue;
+    const T* xp = xrow + g.x_off + c0;
     vec_t<T> bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = vload(dp + m * ldd + v * L);
@@ -949,7 +951,11 @@ void gconvrow(const GConvRowArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   ivec_t<T> base;
   for (int j = 0; j < L; ++j) base[j] = static_cast<typename VecTraits<T>::I>((j / g.kg) * g.cg);
-  if (g.stride == 1)
+  if (g.S == 1)
+    gslide_row<T, 1, 1>(g, base);
+  else if (g.S == 2)
+    gslide_row<T, 2, 1>(g, base);
+  else if (g.stride == 1)
     gslide_row<T, 3, 1>(g, base);
   else
     gslide_row<T, 3, 2>(g, base);
@@ -1923,7 +1929,10 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
       const T* x = g.x + r * g.cols;
       T* y = g.y + r * g.cols;
       int64_t c = 0;
-      for (; c + L <= g.cols; c += L) vstore(y + c, apply_epilogue<T>(vload(x + c), ep, c));
+      if (g.stream)
+        for (; c + L <= g.cols; c += L) vstream(y + c, apply_epilogue<T>(vload(x + c), ep, c));
+      else
+        for (; c + L <= g.cols; c += L) vstore(y + c, apply_epilogue<T>(vload(x + c), ep, c));
       // Tail lanes use the scalar helper shared with the CUDA kernels.
       for (; c < g.cols; ++c) {
         T z = x[c];
@@ -1943,7 +1952,10 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
     const T* x = g.x + r * g.cols;
     T* y = g.y + r * g.cols;
     int64_t c = 0;
-    for (; c + L <= g.cols; c += L) vstore(y + c, activate<T>((vload(x + c) + b) * s + h, ep.act));
+    if (g.stream)
+      for (; c + L <= g.cols; c += L) vstream(y + c, activate<T>((vload(x + c) + b) * s + h, ep.act));
+    else
+      for (; c + L <= g.cols; c += L) vstore(y + c, activate<T>((vload(x + c) + b) * s + h, ep.act));
     for (; c < g.cols; ++c) y[c] = activation_forward<T>((x[c] + b) * s + h, static_cast<Activation>(ep.act));
   }
 }
