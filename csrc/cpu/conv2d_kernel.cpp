@@ -294,17 +294,6 @@ bool use_strided_grad_input_rows(const Conv2dShape& s, int64_t cg, int64_t kg, i
          use_gconv_rows(s, cg, kg, lanes);
 }
 
-// The residue class (ah, aw) of a strided conv's grad_input as that
-// stride-1 conv: its taps along one axis, in ascending order of the dy
-// offset they read (descending tap index); `first` is the smallest offset.
-std::vector<int64_t> class_taps(int64_t a, int64_t taps, int64_t stride, int64_t pad, int64_t& first) {
-  std::vector<int64_t> out;
-  for (int64_t t = taps - 1; t >= 0; --t)
-    if (conv_tap_hits_residue(a, t, stride, pad, 1)) out.push_back(t);
-  first = out.empty() ? 0 : (a + pad - out[0]) / stride;
-  return out;
-}
-
 // Runs conv `s` (channels_last dense input `xp`, weights packed by
 // pack_gconv_weight) one output row at a time on gconvrow.
 template <typename T>
@@ -815,8 +804,22 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
 // taps: a stride-2 grad_input does 1/4 of the dense work, not all of it.
 struct ResidueClass {
   int64_t ah, aw, hc, wc, rows, first_tile;
-  std::vector<int64_t> taps;
+  // Per axis the taps that reach the class, descending (so the grad_output
+  // pixels they read ascend), and the offset of the first one's (first_h +
+  // j for the j-th when dilation is 1); `taps` is their product, r * S + s.
+  std::vector<int64_t> rtaps, staps, taps;
+  int64_t first_h, first_w;
 };
+
+// The taps along one axis that reach input coordinates = a (mod stride), in
+// descending order; `first` is the grad_output offset the first one reads.
+std::vector<int64_t> class_taps(int64_t a, int64_t taps, int64_t stride, int64_t pad, int64_t dil, int64_t& first) {
+  std::vector<int64_t> out;
+  for (int64_t t = taps - 1; t >= 0; --t)
+    if (conv_tap_hits_residue(a, t, stride, pad, dil)) out.push_back(t);
+  first = out.empty() ? 0 : (a + pad - out[0] * dil) / stride;
+  return out;
+}
 
 // Rows of the largest residue class (the one tiles are sized for).
 int64_t class_rows(const Conv2dShape& s) {
@@ -838,11 +841,10 @@ std::vector<ResidueClass> residue_classes(const Conv2dShape& s, int64_t mc, int6
       // Taps in reverse, so the grad_output pixels they read ascend in
       // memory (tap (r, s) reads row hi - r, column wi - s), as the forward's
       // do: descending, ResNeXt's grouped grad_input ran 10-30% slower.
-      for (int64_t kr = s.R - 1; kr >= 0; --kr)
-        for (int64_t ks = s.S - 1; ks >= 0; --ks)
-          if (conv_tap_hits_residue(ah, kr, s.stride_h, s.pad_h, s.dil_h) &&
-              conv_tap_hits_residue(aw, ks, s.stride_w, s.pad_w, s.dil_w))
-            rc.taps.push_back(kr * s.S + ks);
+      rc.rtaps = class_taps(ah, s.R, s.stride_h, s.pad_h, s.dil_h, rc.first_h);
+      rc.staps = class_taps(aw, s.S, s.stride_w, s.pad_w, s.dil_w, rc.first_w);
+      for (int64_t kr : rc.rtaps)
+        for (int64_t ks : rc.staps) rc.taps.push_back(kr * s.S + ks);
       tiles += ceil_div(rc.rows, mc);
       classes.push_back(std::move(rc));
     }
@@ -940,27 +942,25 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
 
   if (use_strided_grad_input_rows(s, Cg_o, Kg_o, lanes)) {
     StatsPartials no_stats(c10::nullopt, 0);
-    for (int64_t ah = 0; ah < std::min(s.stride_h, s.H); ++ah)
-      for (int64_t aw = 0; aw < std::min(s.stride_w, s.W); ++aw) {
-        Conv2dShape t = grad_input_as_conv(s);
-        int64_t first_h, first_w;
-        const std::vector<int64_t> rt = class_taps(ah, s.R, s.stride_h, s.pad_h, first_h);
-        const std::vector<int64_t> st = class_taps(aw, s.S, s.stride_w, s.pad_w, first_w);
-        t.R = int64_t(rt.size());
-        t.S = int64_t(st.size());
-        t.P = ceil_div(s.H - ah, s.stride_h);
-        t.Q = ceil_div(s.W - aw, s.stride_w);
-        t.stride_h = t.stride_w = 1;
-        t.pad_h = -first_h;
-        t.pad_w = -first_w;
-        const std::vector<T> wp =
-            pack_gconv_weight<T>(s.C, t.R * t.S, Kg_o, lanes, [&](int64_t ci, int64_t k, int64_t tp) {
-              return ws[((ci / Cg_o * Kg_o + k) * Cg_o + ci % Cg_o) * RS + rt[tp / t.S] * s.S + st[tp % t.S]];
-            });
-        const int64_t ostride[4] = {xstride[0], xstride[1], s.stride_h * xstride[2], s.stride_w * xstride[3]};
-        gconv_rows<T>(dyp, wp.data(), t, Kg_o, Cg_o, EpilogueArgs<T>{}, dxp + ah * xstride[2] + aw * xstride[3],
-                      ostride, no_stats);
-      }
+    int64_t unused;
+    for (const ResidueClass& rc : residue_classes(s, 1, unused)) {
+      Conv2dShape t = grad_input_as_conv(s);
+      t.R = int64_t(rc.rtaps.size());
+      t.S = int64_t(rc.staps.size());
+      t.P = rc.hc;
+      t.Q = rc.wc;
+      t.stride_h = t.stride_w = 1;
+      t.pad_h = -rc.first_h;
+      t.pad_w = -rc.first_w;
+      // Sub-tap j = (jr, js) is the class's taps()[j]: its jr-th row and js-th column tap.
+      const std::vector<T> wp =
+          pack_gconv_weight<T>(s.C, t.R * t.S, Kg_o, lanes, [&](int64_t ci, int64_t k, int64_t j) {
+            return ws[((ci / Cg_o * Kg_o + k) * Cg_o + ci % Cg_o) * RS + rc.taps[j]];
+          });
+      const int64_t ostride[4] = {xstride[0], xstride[1], s.stride_h * xstride[2], s.stride_w * xstride[3]};
+      gconv_rows<T>(dyp, wp.data(), t, Kg_o, Cg_o, EpilogueArgs<T>{}, dxp + rc.ah * xstride[2] + rc.aw * xstride[3],
+                    ostride, no_stats);
+    }
     return;
   }
 
@@ -1133,6 +1133,10 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   std::vector<T> parts(nparts * G * gsize, T(0));
   std::vector<T> bparts(dbias ? nparts * G * bstride : 0, T(0));
   const std::vector<T> zeros(s.C, T(0));
+  // Rows whose tap reads padding add nothing and are skipped: ASPP's 3x3
+  // d12 on 33² (43% of its taps in the padding) 0.67x the time, padded
+  // shapes with few such rows (3x3 d1, the RGB stem) 0.98-0.99x.
+  const T* pad_rows = s.pad_h > 0 || s.pad_w > 0 ? zeros.data() : nullptr;
   const T* dyp = dy.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
 
@@ -1165,10 +1169,7 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
           args.nv = nv;
           args.dw = acc + g * gsize;
           args.dsum = bacc ? bacc + g * bstride : nullptr;
-          // Padding rows add nothing: ASPP's 3x3 d12 on 33² (43% of its
-          // taps in the padding) 0.67x the time skipping them, unpadded-heavy
-          // shapes (3x3 d1, the RGB stem) 0.98-0.99x.
-          if (s.pad_h > 0 || s.pad_w > 0) args.zero = zeros.data();
+          args.zero = pad_rows;
           const T* dyg = dyp + m0 * s.K + g * Kg;
           if (transposed) {
             args.dy = dyg;

@@ -1920,19 +1920,29 @@ void bnact_apply(const BnActArgs<T>& a) {
 
 // ---------------------------------------------------------------------------
 // Standalone epilogue pass (the same math as the fused one).
+
+// y[c..] = f(x[c..], c) over the whole vectors of a row of `cols`, stored
+// plainly or streamed past the caches; returns where the scalar tail starts.
+template <typename T, typename F>
+inline int64_t map_row_vectors(const T* x, T* y, int64_t cols, bool stream, const F& f) {
+  constexpr int L = VecTraits<T>::L;
+  int64_t c = 0;
+  if (stream)
+    for (; c + L <= cols; c += L) vstream(y + c, f(vload(x + c), c));
+  else
+    for (; c + L <= cols; c += L) vstore(y + c, f(vload(x + c), c));
+  return c;
+}
+
 template <typename T>
 void epilogue_map(const EpilogueMapArgs<T>& g) {
-  constexpr int L = VecTraits<T>::L;
   const EpilogueArgs<T>& ep = g.ep;
   if (!g.planes) {
     for (int64_t r = 0; r < g.rows; ++r) {
       const T* x = g.x + r * g.cols;
       T* y = g.y + r * g.cols;
-      int64_t c = 0;
-      if (g.stream)
-        for (; c + L <= g.cols; c += L) vstream(y + c, apply_epilogue<T>(vload(x + c), ep, c));
-      else
-        for (; c + L <= g.cols; c += L) vstore(y + c, apply_epilogue<T>(vload(x + c), ep, c));
+      int64_t c = map_row_vectors(x, y, g.cols, g.stream,
+                                  [&](vec_t<T> v, int64_t col) { return apply_epilogue<T>(v, ep, col); });
       // Tail lanes use the scalar helper shared with the CUDA kernels.
       for (; c < g.cols; ++c) {
         T z = x[c];
@@ -1951,11 +1961,8 @@ void epilogue_map(const EpilogueMapArgs<T>& g) {
     const T h = ep.shift ? ep.shift[ch] : T(0);
     const T* x = g.x + r * g.cols;
     T* y = g.y + r * g.cols;
-    int64_t c = 0;
-    if (g.stream)
-      for (; c + L <= g.cols; c += L) vstream(y + c, activate<T>((vload(x + c) + b) * s + h, ep.act));
-    else
-      for (; c + L <= g.cols; c += L) vstore(y + c, activate<T>((vload(x + c) + b) * s + h, ep.act));
+    int64_t c = map_row_vectors(x, y, g.cols, g.stream,
+                                [&](vec_t<T> v, int64_t) { return activate<T>((v + b) * s + h, ep.act); });
     for (; c < g.cols; ++c) y[c] = activation_forward<T>((x[c] + b) * s + h, static_cast<Activation>(ep.act));
   }
 }
