@@ -73,6 +73,13 @@ CASES = [
     # One-vector output panels with a reduction longer than one block (the
     # CPU forward splits its 9 taps of 320 channels into blocks).
     Case("narrow_out_blocked", 2, 320, 5, 7, 16, 3, 3, padding=1),
+    # 17-24 output columns (MobileNet's 24-channel layers): the CPU fp32
+    # forward and grad_input run one channel-interleaved 24-wide panel (4-row
+    # blocks whose last vector has 8 lanes), here also with a blocked
+    # reduction, two groups of 24 side by side, and 24 input gradients.
+    Case("ci4_24_blocked", 2, 320, 5, 7, 24, 3, 3, padding=1),
+    Case("ci4_24_groups2", 1, 48, 6, 7, 48, 1, 1, groups=2),
+    Case("ci4_24_grad_input", 2, 24, 5, 9, 40, 1, 1, bias=False),
     # Grouped convs with whole vectors of input channels per group and one
     # group per output vector: the CPU weight gradient blocks 3 / 2 / 1 taps
     # x 8 / 4 / 2 / 1 output channels over one vector of input channels.

@@ -16,8 +16,10 @@ from helpers import assert_close
 
 ACTS = {None: None, "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU}
 
-# (in, out, kernel, stride, groups): dense 3x3, depthwise (s2), pointwise, grouped
-CONVS = [(8, 16, 3, 1, 1), (16, 16, 3, 2, 16), (8, 12, 1, 1, 1), (8, 8, 3, 1, 2)]
+# (in, out, kernel, stride, groups): dense 3x3, depthwise (s2), pointwise (12
+# and 24 outputs: one- and 24-wide panels on the CPU), grouped
+CONVS = [(8, 16, 3, 1, 1), (16, 16, 3, 2, 16), (8, 12, 1, 1, 1), (8, 24, 1, 1, 1), (8, 8, 3, 1, 2)]
+CONV_IDS = ["dense3x3", "depthwise_s2", "pointwise", "pointwise24", "grouped"]
 
 
 def unfused_copy(m: effconv.ConvBNAct2d, dtype=None) -> nn.Sequential:
@@ -94,7 +96,7 @@ def train_and_compare(m, ref, dtype, shape, steps=3, layouts=("nchw", "channels_
 
 
 @pytest.mark.parametrize("activation", list(ACTS))
-@pytest.mark.parametrize("conv", CONVS, ids=["dense3x3", "depthwise_s2", "pointwise", "grouped"])
+@pytest.mark.parametrize("conv", CONVS, ids=CONV_IDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_unfused_sequence(conv, activation, dtype):
     cin, cout, k, s, g = conv

@@ -91,11 +91,10 @@ def test_max_pool2d_cuda(case, layout, dtype, gen):
 
 # --- fused Conv-BN-activation (batch statistics in the conv epilogue) --------
 
+from test_conv_bn_act import CONV_IDS as CBA_IDS  # noqa: E402
 from test_conv_bn_act import CONVS as CBA_CONVS  # noqa: E402
 from test_conv_bn_act import randomize_bn, train_and_compare, unfused_copy  # noqa: E402
 
-
-CBA_IDS = ["dense3x3", "depthwise_s2", "pointwise", "grouped"]
 # The CUDA C++ backend is depthwise-only and has no fp64 (Triton is the GPU
 # path of the other conv kinds): it is run where it has kernels.
 CBA_RUNS = [(conv, cid, dtype, backend) for conv, cid in zip(CBA_CONVS, CBA_IDS)

@@ -424,7 +424,7 @@ void winograd_conv(const T* xp, const at::Tensor& weight, int64_t kind, const Ta
   const int nv = choose_nv(K, lanes);
   const int64_t nr = int64_t(nv) * lanes, npanels = ceil_div(K, nr), kpad = npanels * nr;
   const ReductionBlocking rb = reduction_blocking(1, C, nr, sizeof(T));
-  const bool ci4 = isa.ci4<T>(nv, C, rb.k);
+  const bool ci4 = isa.ci4<T>(nv, K, C, rb.k);
   const int64_t panel_stride = C * nr, estride = npanels * panel_stride;
 
   // U[e][panel][c][nr] = (G g G^T)[e] of weight (k, c), computed in double.
@@ -690,7 +690,7 @@ void forward_typed(const at::Tensor& x, const at::Tensor& weight, const Conv2dSh
   const bool merged = merge_kernel_rows(s, G);
   const int64_t ntaps = merged ? s.R : RS, kc = merged ? s.S * Cg : Cg;
   const ReductionBlocking rb = reduction_blocking(ntaps, kc, nr, sizeof(T));
-  const bool ci4 = isa.ci4<T>(nv, kc, rb.k);
+  const bool ci4 = isa.ci4<T>(nv, Kg, kc, rb.k);
 
   // Weight panels: [super-group][panel][tap][Cin][nr] (b_offset's order
   // within a panel), zero beyond Cout and off the block diagonal.
@@ -1013,7 +1013,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   const int64_t panel_stride = RS * Kg * nr, gstride = npanels * panel_stride;
 
   const ReductionBlocking rb = reduction_blocking(RS, Kg, nr, sizeof(T));
-  const bool ci4 = isa.ci4<T>(nv, Kg, rb.k);
+  const bool ci4 = isa.ci4<T>(nv, Cg, Kg, rb.k);
 
   // Transposed weight panels: [super-group][panel over Cin][tap][Cout][nr]
   // (b_offset's order within a panel).

@@ -93,8 +93,10 @@ struct IGemmArgs {
   int64_t k_block = 0;
   int64_t p_begin = 0, p_end = 0;  // panel range computed by this call
   int64_t ncols = 0;               // valid columns over all panels
-  // One-vector panels (nv 1) packed four reduction channels interleaved
-  // (b_offset); only where IsaKernels::ci4 says the ISA has the kernel.
+  // Panels packed four reduction channels interleaved (b_offset): one-vector
+  // panels, and two-vector panels with at most 24 valid columns (the last 8
+  // lanes of a 24-column panel are padding that ci4 does not compute); only
+  // where IsaKernels::ci4 says the ISA has the kernel.
   bool ci4 = false;
 
   // Row pointers: column j of row i is c[i][c_off + j * c_cstride]; when c
@@ -517,6 +519,9 @@ struct MaxPoolBwdArgs {
 
 // The ISAs whose igemm has the channel-interleaved kernel (impl.h's kCi4).
 constexpr bool isa_has_ci4(int vec_bytes, int vec_regs) { return vec_bytes == 64 && vec_regs >= 32; }
+// ci4 vectors are 16 float lanes: 4 columns x 4 interleaved channels.
+constexpr int64_t kCi4Lanes = 16;
+constexpr int64_t kCi4MaxCols = 24;
 
 struct IsaKernels {
   const char* name;
@@ -567,11 +572,15 @@ struct IsaKernels {
     return vec_bytes / int(sizeof(T));
   }
   int mr(int nv) const { return ukernel_mr(vec_regs, nv); }
-  // Whether igemm has the channel-interleaved kernel for this panel width
-  // and reduction length (AVX-512 float; kc and every k block a multiple of 4).
+  // Whether igemm has the channel-interleaved kernel for panels of nv
+  // vectors over ncols columns (per group) and this reduction length
+  // (AVX-512 float; kc and every k block a multiple of 4): one-vector panels,
+  // or one two-vector panel of 17-24 columns (MobileNet's 24-channel layers),
+  // which plain two-vector panels pad to 32.
   template <typename T>
-  bool ci4(int nv, int64_t kc, int64_t k_block) const {
-    return sizeof(T) == 4 && isa_has_ci4(vec_bytes, vec_regs) && nv == 1 && kc % 4 == 0 && k_block % 4 == 0;
+  bool ci4(int nv, int64_t ncols, int64_t kc, int64_t k_block) const {
+    return sizeof(T) == 4 && isa_has_ci4(vec_bytes, vec_regs) && (nv == 1 || (nv == 2 && ncols <= kCi4MaxCols)) &&
+           kc % 4 == 0 && k_block % 4 == 0;
   }
   void igemm(const IGemmArgs<float>& a) const { igemm_f32(a); }
   void igemm(const IGemmArgs<double>& a) const { igemm_f64(a); }
@@ -626,13 +635,12 @@ bool set_isa(const char* name);
 
 // Where B's value for reduction row r (of a tap's kc, or of all taps': the
 // packing is the same) and panel column n goes in a panel of nr columns:
-// r * nr + n, or with ci4 (nr = lanes) the channel-interleaved order of
-// igemm_block_ci4: row block r / 4 holds 4 vectors, vector n / (lanes / 4)
-// lane 4 * (n % (lanes / 4)) + r % 4.
+// r * nr + n, or with ci4 the channel-interleaved order of igemm_block_ci4:
+// row block r / 4 holds nr / 4 vectors of kCi4Lanes, vector n / 4 lane
+// 4 * (n % 4) + r % 4.
 inline int64_t b_offset(int64_t r, int64_t n, int64_t nr, bool ci4) {
   if (!ci4) return r * nr + n;
-  const int64_t per = nr / 4;
-  return (r - r % 4) * nr + (n / per) * nr + 4 * (n % per) + r % 4;
+  return (r - r % 4) * nr + (n / 4) * kCi4Lanes + 4 * (n % 4) + r % 4;
 }
 
 // Panel width choice: nv vectors per panel. Fewer padded columns wins, then

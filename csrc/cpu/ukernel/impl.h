@@ -97,6 +97,18 @@ inline vec_t<T> vload_any(const T* p, int64_t n) {
   return n == VecTraits<T>::L ? vload(p) : vload_n(p, n);
 }
 
+// The first N lanes, N fixed at compile time (one narrower load or store).
+template <typename T, int N>
+inline vec_t<T> vload_head(const T* p) {
+  vec_t<T> v{};
+  __builtin_memcpy(&v, p, N * sizeof(T));
+  return v;
+}
+template <typename T, int N>
+inline void vstore_head(T* p, vec_t<T> v) {
+  __builtin_memcpy(p, &v, N * sizeof(T));
+}
+
 template <typename T>
 inline void vstore_n(T* p, vec_t<T> v, int64_t n, int64_t stride = 1) {
   T tmp[VecTraits<T>::L];
@@ -266,7 +278,8 @@ __attribute__((noinline)) void igemm_store_partial(const IGemmArgs<T>& g, const 
 // registers free, and a generic epilogue (scale, shift, statistics vectors
 // and a run-time activation switch) spilled them to the stack every block,
 // which cost 1x1 convs with 16-64 input channels a third of their time.
-template <typename T, int MR, int NV, int ACT, bool AFFINE, bool STATS>
+// TAIL: the last vector's valid lanes (a 24-column ci4 panel's 8).
+template <typename T, int MR, int NV, int TAIL, int ACT, bool AFFINE, bool STATS>
 __attribute__((always_inline)) inline void igemm_store_full(const IGemmArgs<T>& g, const vec_t<T> (&acc)[MR][NV],
                                                             int64_t i0, int64_t col0, bool stream) {
   constexpr int L = VecTraits<T>::L;
@@ -288,46 +301,55 @@ __attribute__((always_inline)) inline void igemm_store_full(const IGemmArgs<T>& 
         ssum[v] += z;
         ssq[v] += z * z;
       }
-      if (stream)
+      if (TAIL < L && v == NV - 1)
+        vstore_head<T, TAIL>(crow + v * L, z);
+      else if (stream)
         vstream(crow + v * L, z);
       else
         vstore(crow + v * L, z);
     }
   }
   if (STATS)
-    for (int v = 0; v < NV; ++v) add_stats(g.ep, col0 + v * L, ssum[v], ssq[v], L);
+    for (int v = 0; v < NV; ++v) add_stats(g.ep, col0 + v * L, ssum[v], ssq[v], v == NV - 1 ? TAIL : L);
 }
 
-template <typename T, int MR, int NV, int ACT>
+template <typename T, int MR, int NV, int TAIL, int ACT>
 inline void igemm_store_last_act(const IGemmArgs<T>& g, const vec_t<T> (&acc)[MR][NV], int64_t i0, int64_t col0,
                                  bool stream) {
   const bool affine = g.ep.scale || g.ep.shift;
   if (g.ep.stat_sum) {
     if (affine)
-      igemm_store_full<T, MR, NV, ACT, true, true>(g, acc, i0, col0, stream);
+      igemm_store_full<T, MR, NV, TAIL, ACT, true, true>(g, acc, i0, col0, stream);
     else
-      igemm_store_full<T, MR, NV, ACT, false, true>(g, acc, i0, col0, stream);
+      igemm_store_full<T, MR, NV, TAIL, ACT, false, true>(g, acc, i0, col0, stream);
   } else if (affine) {
-    igemm_store_full<T, MR, NV, ACT, true, false>(g, acc, i0, col0, stream);
+    igemm_store_full<T, MR, NV, TAIL, ACT, true, false>(g, acc, i0, col0, stream);
   } else {
-    igemm_store_full<T, MR, NV, ACT, false, false>(g, acc, i0, col0, stream);
+    igemm_store_full<T, MR, NV, TAIL, ACT, false, false>(g, acc, i0, col0, stream);
   }
 }
 
-template <typename T, int MR, int NV>
+template <typename T, int MR, int NV, int TAIL>
 inline void igemm_store_last(const IGemmArgs<T>& g, const vec_t<T> (&acc)[MR][NV], int64_t i0, int64_t col0,
                              bool stream) {
   switch (static_cast<Activation>(g.ep.act)) {
-    case Activation::kReLU: igemm_store_last_act<T, MR, NV, int(Activation::kReLU)>(g, acc, i0, col0, stream); break;
-    case Activation::kReLU6: igemm_store_last_act<T, MR, NV, int(Activation::kReLU6)>(g, acc, i0, col0, stream); break;
-    case Activation::kSiLU: igemm_store_last_act<T, MR, NV, int(Activation::kSiLU)>(g, acc, i0, col0, stream); break;
-    default: igemm_store_last_act<T, MR, NV, int(Activation::kNone)>(g, acc, i0, col0, stream); break;
+    case Activation::kReLU:
+      igemm_store_last_act<T, MR, NV, TAIL, int(Activation::kReLU)>(g, acc, i0, col0, stream);
+      break;
+    case Activation::kReLU6:
+      igemm_store_last_act<T, MR, NV, TAIL, int(Activation::kReLU6)>(g, acc, i0, col0, stream);
+      break;
+    case Activation::kSiLU:
+      igemm_store_last_act<T, MR, NV, TAIL, int(Activation::kSiLU)>(g, acc, i0, col0, stream);
+      break;
+    default: igemm_store_last_act<T, MR, NV, TAIL, int(Activation::kNone)>(g, acc, i0, col0, stream); break;
   }
 }
 
 // The end of a block: acc holds the block's sums (plus the bias when first,
-// plus C's partial sums when !first and full).
-template <typename T, int MR, int NV>
+// plus C's partial sums when !first and full). full: MR rows of NV - 1
+// vectors and TAIL lanes (L, or a 24-column panel's 8), unit column stride.
+template <typename T, int MR, int NV, int TAIL = VecTraits<T>::L>
 __attribute__((always_inline)) inline void igemm_block_store(const IGemmArgs<T>& g, const vec_t<T> (&acc)[MR][NV],
                                                              int64_t i0, int64_t mv, int64_t col0, bool full,
                                                              bool first, bool last) {
@@ -350,10 +372,18 @@ __attribute__((always_inline)) inline void igemm_block_store(const IGemmArgs<T>&
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) vstore(c_row(g, i0 + i) + col0 + v * L, acc[i][v]);
+      for (int v = 0; v < NV; ++v) {
+        T* dst = c_row(g, i0 + i) + col0 + v * L;
+        if (TAIL < L && v == NV - 1)
+          vstore_head<T, TAIL>(dst, acc[i][v]);
+        else
+          vstore(dst, acc[i][v]);
+      }
     return;
   }
-  igemm_store_last<T, MR, NV>(g, acc, i0, col0, g.stream && first);  // partial sums were cached: keep them there
+  // Streams only whole vectors: a 24-column panel's rows are not 64-byte aligned.
+  // Partial sums were cached: keep them there.
+  igemm_store_last<T, MR, NV, TAIL>(g, acc, i0, col0, g.stream && first && TAIL == L);
 }
 
 // One reduction block [t0, t1) x [k0, k1) of one panel for MR rows.
@@ -411,11 +441,15 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
 // SqueezeNet's squeeze) cost igemm_block a broadcast of A per multiply-add.
 // With B packed four reduction channels interleaved (IGemmArgs::ci4,
 // b_offset) one broadcast of A[i][k..k+3] into every 4-lane group feeds
-// four: accumulator j's lane 4u + v sums column j * L/4 + u over channels
-// k = v (mod 4), and two deinterleave-adds fold the four into one vector
-// of the L columns. AVX-512 float only (kCi4).
+// NQ multiply-adds: accumulator j's lane 4u + v sums column 4j + u over
+// channels k = v (mod 4), and two deinterleave-adds fold each four
+// accumulators into one vector of 16 columns. NQ = 6 serves 24-column
+// panels (MobileNet's 24-channel projections) at 1.5 multiply-adds per row
+// and channel where a plain two-vector panel pays 2, a third of them on
+// padding. AVX-512 float only (kCi4).
 constexpr bool kCi4 = isa_has_ci4(EFFCONV_VEC_BYTES, EFFCONV_VEC_REGS);
-constexpr int kMrCi4 = 6;  // 24 accumulators, 4 B vectors, the broadcast
+constexpr int kMrCi4 = 6;    // NQ 4: 24 accumulators, 4 B vectors, the broadcast
+constexpr int kMrCi4x6 = 4;  // NQ 6: 24 accumulators, 6 B vectors, the broadcast
 
 template <typename T>
 inline vec_t<T> fold_ci4(const vec_t<T> (&q)[4]) {
@@ -443,47 +477,65 @@ inline vec_t<float> vbroadcast4(const float* p) {
 #endif
 }
 
-template <typename T, int MR>
+template <typename T, int MR, int NQ>
 inline void igemm_block_ci4(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_t i0, int64_t mv, int64_t t0,
                             int64_t t1, int64_t k0, int64_t k1, bool first, bool last) {
   constexpr int L = VecTraits<T>::L;
-  const bool full = mv == MR && col0 + L <= g.ncols && g.c_cstride == 1;
-  vec_t<T> q[MR][4];
+  constexpr int NV = (NQ + 3) / 4;
+  constexpr int64_t NR = int64_t(NV) * L;  // the panel's packed width (b_offset's nr)
+  constexpr int TAIL = (4 * NQ) % L ? (4 * NQ) % L : L;
+  const bool full = mv == MR && col0 + 4 * NQ <= g.ncols && g.c_cstride == 1;
+  vec_t<T> q[MR][NQ];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) q[i][j] = vec_t<T>{};
+#pragma GCC unroll 8
+    for (int j = 0; j < NQ; ++j) q[i][j] = vec_t<T>{};
   for (int64_t t = t0; t < t1; ++t) {
     const T* ap[MR];
     if (!tap_rows<T, MR>(g, i0, mv, t, ap)) continue;
     const T* bt = bp + g.b_off[t];
 #pragma GCC unroll 2
     for (int64_t k = k0; k < k1; k += 4) {
-      vec_t<T> bv[4];
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) bv[j] = vload(bt + k * L + j * L);
+      vec_t<T> bv[NQ];
+#pragma GCC unroll 8
+      for (int j = 0; j < NQ; ++j) bv[j] = vload(bt + k * NR + j * L);
 #pragma GCC unroll 32
       for (int i = 0; i < MR; ++i) {
         const vec_t<T> x = vbroadcast4(ap[i] + k);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) q[i][j] += x * bv[j];
+#pragma GCC unroll 8
+        for (int j = 0; j < NQ; ++j) q[i][j] += x * bv[j];
       }
     }
   }
-  vec_t<T> acc[MR][1];
+  vec_t<T> acc[MR][NV];
 #pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i) acc[i][0] = fold_ci4<T>(q[i]);
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const vec_t<T> four[4] = {q[i][4 * v], 4 * v + 1 < NQ ? q[i][4 * v + 1] : vec_t<T>{},
+                                4 * v + 2 < NQ ? q[i][4 * v + 2] : vec_t<T>{},
+                                4 * v + 3 < NQ ? q[i][4 * v + 3] : vec_t<T>{}};
+      acc[i][v] = fold_ci4<T>(four);
+    }
   if (first) {
     if (g.ep.bias) {
-      const vec_t<T> b = vload(g.ep.bias + col0);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        const vec_t<T> b = vload(g.ep.bias + col0 + v * L);
 #pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) acc[i][0] += b;
+        for (int i = 0; i < MR; ++i) acc[i][v] += b;
+      }
     }
   } else if (full) {
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) acc[i][0] += vload(c_row(g, i0 + i) + col0);
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        const T* src = c_row(g, i0 + i) + col0 + v * L;
+        acc[i][v] += TAIL < L && v == NV - 1 ? vload_head<T, TAIL>(src) : vload(src);
+      }
   }
-  igemm_block_store<T, MR, 1>(g, acc, i0, mv, col0, full, first, last);
+  igemm_block_store<T, MR, NV, TAIL>(g, acc, i0, mv, col0, full, first, last);
 }
 
 // Panels outside, reduction blocks next, row blocks inside: one reduction
@@ -491,7 +543,8 @@ inline void igemm_block_ci4(const IGemmArgs<T>& g, const T* bp, int64_t col0, in
 // L2 while every row of the call streams past it; C holds the partial sums
 // between blocks. Without blocking, a dense 3x3 conv with 256 channels
 // re-read its whole 2.3 MB weight from L3 for every 18 rows.
-template <typename T, int MR, int NV, bool CI4 = false>
+// NQ > 0: the channel-interleaved kernel with NQ accumulators per row.
+template <typename T, int MR, int NV, int NQ = 0>
 void igemm_nv(const IGemmArgs<T>& g) {
   constexpr int L = VecTraits<T>::L;
   constexpr int64_t NR = int64_t(NV) * L;
@@ -519,8 +572,8 @@ void igemm_nv(const IGemmArgs<T>& g) {
             }
           }
           const int64_t mv = g.m - i0 < MR ? g.m - i0 : MR;
-          if constexpr (CI4)
-            igemm_block_ci4<T, MR>(g, bp, col0, i0, mv, t0, t1, k0, k1, first, last);
+          if constexpr (NQ > 0)
+            igemm_block_ci4<T, MR, NQ>(g, bp, col0, i0, mv, t0, t1, k0, k1, first, last);
           else
             igemm_block<T, MR, NV>(g, bp, col0, i0, mv, t0, t1, k0, k1, first, last);
         }
@@ -534,7 +587,7 @@ void igemm_nv(const IGemmArgs<T>& g) {
 template <typename T>
 void igemm(const IGemmArgs<T>& g) {
   if constexpr (kCi4 && std::is_same_v<T, float>) {
-    if (g.ci4) return igemm_nv<T, kMrCi4, 1, true>(g);
+    if (g.ci4) return g.nv == 1 ? igemm_nv<T, kMrCi4, 1, 4>(g) : igemm_nv<T, kMrCi4x6, 2, 6>(g);
   }
   switch (g.nv) {
     case 1: igemm_nv<T, kMr1, 1>(g); break;
