@@ -115,8 +115,10 @@ def test_pointwise_streamed_outputs(dtype, gen):
 
 def test_grouped_rows_past_the_caches(gen):
     """A grouped row-kernel conv whose input passes 16 MiB requests each next
-    output row's input rows ahead (stride 2: two new rows per output row)."""
-    case = Case("grows_prefetch", 1, 256, 130, 129, 256, 3, 3, stride=2, padding=1, groups=32)
+    output row's input rows ahead (stride 2: two new rows per output row) and
+    streams its output; so does its grad_input, one residue class at a time
+    (each class's dx pixels and dy together pass 16 MiB)."""
+    case = Case("grows_prefetch", 2, 256, 130, 129, 256, 3, 3, stride=2, padding=1, groups=32)
     x, y, _ = run_case(case, torch.float32, "channels_last", gen=gen)
     assert x.numel() * x.element_size() > 16 << 20
     assert _ext.C().cpu_gconv_rows_shape(case.C, case.K, 3, 3, 2, 2, 1, 1, 1, 1, case.groups, 4)[0]

@@ -213,6 +213,7 @@ struct GConvRowArgs {
   int64_t ncols = 0;
   T* out = nullptr;                // output pixel q, channel k at out[q * out_ps + k * c_cstride]
   int64_t out_ps = 0, c_cstride = 1;
+  bool stream = false;             // non-temporal stores (caller checked 64-byte alignment of every pixel)
   EpilogueArgs<T> ep;              // padded to a whole number of vectors
 };
 

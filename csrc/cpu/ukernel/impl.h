@@ -817,7 +817,7 @@ void wgemm(const WGemmArgs<T>& g) {
 // row(i) is row i's output, channel k at row(i)[k * cstride].
 template <typename T, int N, typename Row>
 inline void store_column_vector(const EpilogueArgs<T>& ep, const vec_t<T> (&acc)[N], int64_t n, int64_t col,
-                                int64_t ncols, int64_t cstride, const Row& row) {
+                                int64_t ncols, int64_t cstride, const Row& row, bool stream = false) {
   constexpr int L = VecTraits<T>::L;
   using V = vec_t<T>;
   const int64_t nvalid = ncols - col < L ? ncols - col : L;
@@ -829,10 +829,14 @@ inline void store_column_vector(const EpilogueArgs<T>& ep, const vec_t<T> (&acc)
     const V z = apply_epilogue<T>(acc[i], ep, col);
     ssum += z;
     ssq += z * z;
-    if (cstride == 1 && nvalid == L)
-      vstore(dst + col, z);
-    else
+    if (cstride == 1 && nvalid == L) {
+      if (stream)
+        vstream(dst + col, z);
+      else
+        vstore(dst + col, z);
+    } else {
       vstore_n(dst + col * cstride, z, nvalid, cstride);
+    }
   }
   if (ep.stat_sum) add_stats(ep, col, ssum, ssq, nvalid);
 }
@@ -962,8 +966,9 @@ inline void gslide_block(const GConvRowArgs<T>& g, int64_t vb, int64_t q0, int64
       }
     }
   }
-  store_column_vector<T, QB>(g.ep, acc, qv, vb * L, g.ncols, g.c_cstride,
-                             [&](int64_t j) { return g.out + (q0 + j) * g.out_ps; });
+  store_column_vector<T, QB>(
+      g.ep, acc, qv, vb * L, g.ncols, g.c_cstride, [&](int64_t j) { return g.out + (q0 + j) * g.out_ps; },
+      g.stream);
 }
 
 // Vector blocks outside, pixel blocks inside: a block's span of the R input
