@@ -71,13 +71,15 @@ CASES = [
     Case("narrow_out_3x3", 2, 64, 6, 7, 12, 3, 3, padding=1),
     Case("narrow_out_1x1", 2, 48, 5, 9, 20, 1, 1),
     # One-vector output panels with a reduction longer than one block (the
-    # CPU forward splits its 9 taps of 320 channels into blocks).
-    Case("narrow_out_blocked", 2, 320, 5, 7, 16, 3, 3, padding=1),
+    # CPU forward splits its 9 taps of 1024 channels into blocks, and the
+    # 1x1's 8200 channels into chunks, at any block size it picks: 128-512 KB).
+    Case("narrow_out_blocked", 2, 1024, 5, 7, 16, 3, 3, padding=1),
+    Case("pw1x1_chunked", 1, 8200, 3, 4, 16, 1, 1),
     # 17-24 output columns (MobileNet's 24-channel layers): the CPU fp32
     # forward and grad_input run one channel-interleaved 24-wide panel (4-row
     # blocks whose last vector has 8 lanes), here also with a blocked
     # reduction, two groups of 24 side by side, and 24 input gradients.
-    Case("ci4_24_blocked", 2, 320, 5, 7, 24, 3, 3, padding=1),
+    Case("ci4_24_blocked", 2, 512, 5, 7, 24, 3, 3, padding=1),
     Case("ci4_24_groups2", 1, 48, 6, 7, 48, 1, 1, groups=2),
     Case("ci4_24_grad_input", 2, 24, 5, 9, 40, 1, 1, bias=False),
     # Grouped convs with whole vectors of input channels per group and one

@@ -1,9 +1,14 @@
 // Run-time choice among the ISA builds of the microkernels.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #include "ukernel/api.h"
+
+#if defined(__unix__)
+#include <unistd.h>
+#endif
 
 namespace effconv {
 namespace cpu {
@@ -44,6 +49,18 @@ const IsaKernels& isa_kernels() {
     g_selected.store(k, std::memory_order_release);
   }
   return *k;
+}
+
+int64_t gemm_block_bytes() {
+  static const int64_t bytes = [] {
+    constexpr int64_t kMin = int64_t(128) << 10, kMax = int64_t(512) << 10;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);  // glibc: 0 or -1 where unknown
+    if (l2 > 0) return std::min(std::max(int64_t(l2) / 4, kMin), kMax);
+#endif
+    return kMin;
+  }();
+  return bytes;
 }
 
 bool set_isa(const char* name) {

@@ -396,16 +396,25 @@ constexpr int ukernel_mr(int regs, int nv) {
                     : (nv == 1 ? 12 : nv == 2 ? 6 : nv == 3 ? 4 : 2);
 }
 
+// Bytes of B one reduction block may hold: a quarter of this CPU's L2 (the
+// rows' A operands take up to 192 KB beside it, see rows_per_tile), within
+// [128 KB, 512 KB]; 128 KB where the size is unknown. At 128 KB on the 1 MB
+// L2 of Zen 4, 1x1 convs with 960-1280 input channels cut their reduction
+// in 2-3 blocks, each storing and reloading C's partial sums: 256 KB took
+// 0.87-0.97x the time (1280->320 grad_input, 960->320, 1024->512), other
+// shapes unchanged.
+int64_t gemm_block_bytes();
+
 // Reduction blocking of the indirect GEMM: (taps per block, channels per
 // block) such that one block of one panel of B, nr columns wide, stays
-// within ~128 KB of L2 next to the rows' A operands and C's partial sums.
-// Whole taps when a tap's channels fit; otherwise single taps cut into
-// channel chunks.
+// within gemm_block_bytes() of L2 next to the rows' A operands and C's
+// partial sums. Whole taps when a tap's channels fit; otherwise single taps
+// cut into channel chunks.
 struct ReductionBlocking {
   int64_t taps, k;
 };
 inline ReductionBlocking reduction_blocking(int64_t ntaps, int64_t kc, int64_t nr, int64_t elem_bytes) {
-  const int64_t budget = 128 * 1024 / (nr * elem_bytes);  // reduction rows of B per block
+  const int64_t budget = gemm_block_bytes() / (nr * elem_bytes);  // reduction rows of B per block
   if (kc <= budget) {
     const int64_t taps = budget / (kc > 0 ? kc : 1);
     return {taps < ntaps ? (taps > 0 ? taps : 1) : ntaps, kc};
