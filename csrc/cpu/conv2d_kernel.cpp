@@ -1141,9 +1141,12 @@ void grad_weight_typed(const at::Tensor& dy, const at::Tensor& x, const Conv2dSh
   const int64_t M = s.N * s.P * s.Q, PQ = s.P * s.Q;
   // The tap-blocked form re-reads a chunk's pixels once per (3 taps, 8
   // outputs) block: 96 pixels of a 32-channel group (x and dy) stay in L1.
-  const int64_t chunk = nvt == 1 ? 96 : 256;
+  const int64_t max_chunk = nvt == 1 ? 96 : 256;
+  const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ceil_div(M, max_chunk)));
+  // As many chunks per part: 7 chunks of 256 pixels on 2 threads (320->1280
+  // 7² N32) left one thread a seventh of the time idle.
+  const int64_t chunk = M > 0 ? ceil_div(M, ceil_div(ceil_div(M, max_chunk), nparts) * nparts) : max_chunk;
   const int64_t nchunks = ceil_div(M, chunk);
-  const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nchunks));
   std::vector<T> parts(nparts * G * gsize, T(0));
   std::vector<T> bparts(dbias ? nparts * G * bstride : 0, T(0));
   const std::vector<T> zeros(s.C, T(0));
