@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -1030,22 +1031,32 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
   const bool ci4 = isa.ci4<T>(nv, Cg, Kg, rb.k);
 
   // Transposed weight panels: [super-group][panel over Cin][tap][Cout][nr]
-  // (b_offset's order within a panel).
-  std::vector<T> wp(G * gstride, T(0));
+  // (b_offset's order within a panel). Packed on every call (training
+  // changes the weight each step): each item clears and fills its own panel,
+  // a row of nr values at a time in the plain order. A serial clear of the
+  // whole buffer, then element by element through b_offset, cost ResNeXt's
+  // 1024-wide 7² grad_input 0.46 ms per call (1.2 MB), 0.6x of its N1 time.
+  std::unique_ptr<T[]> wp_buf(new T[G * gstride]);
+  T* const wp = wp_buf.get();
   at::parallel_for(0, G * npanels, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
       const int64_t g = item / npanels, p = item % npanels;
-      T* dst = wp.data() + g * gstride + p * panel_stride;
+      T* dst = wp + g * gstride + p * panel_stride;
+      std::fill(dst, dst + panel_stride, T(0));
       for (int64_t k = 0; k < Kg; ++k) {
         const T* src = ws + (g * Kg + k) * gp.cg * RS;
         // This panel's columns [p * nr, p * nr + nr) among k's inputs.
         const int64_t c0 = gp.first_input(k);
         const int64_t lo = std::max(c0, p * nr), hi = std::min({c0 + gp.cg, p * nr + nr, Cg});
-        if (RS == 1 && !ci4 && hi > lo)  // 1x1: the panel row is a contiguous run of the weight row
-          std::copy(src + (lo - c0), src + (hi - c0), dst + k * nr + (lo - p * nr));
-        else
+        if (ci4) {
           for (int64_t c = lo; c < hi; ++c)
-            for (int64_t t = 0; t < RS; ++t) dst[b_offset(t * Kg + k, c - p * nr, nr, ci4)] = src[(c - c0) * RS + t];
+            for (int64_t t = 0; t < RS; ++t) dst[b_offset(t * Kg + k, c - p * nr, nr, true)] = src[(c - c0) * RS + t];
+          continue;
+        }
+        for (int64_t t = 0; t < RS; ++t) {
+          T* row = dst + (t * Kg + k) * nr - p * nr;  // b_offset(t * Kg + k, c - p * nr, nr, false) = row + c
+          for (int64_t c = lo; c < hi; ++c) row[c] = src[(c - c0) * RS + t];
+        }
       }
     }
   });
@@ -1098,7 +1109,7 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
         args.c_cstride = sc;
         for (int64_t g = gs * G / gsplit; g < (gs + 1) * G / gsplit; ++g) {
           args.a_off = g * Kg;
-          args.b = wp.data() + g * gstride;
+          args.b = wp + g * gstride;
           args.c_off = g * Cg * sc;
           isa.igemm(args);
         }
