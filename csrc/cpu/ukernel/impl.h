@@ -445,7 +445,7 @@ inline void igemm_block(const IGemmArgs<T>& g, const T* bp, int64_t col0, int64_
 // channels k = v (mod 4), and two deinterleave-adds fold each four
 // accumulators into one vector of 16 columns. NQ = 6 serves 24-column
 // panels (MobileNet's 24-channel projections) at 1.5 multiply-adds per row
-// and channel where a plain two-vector panel pays 2, a third of them on
+// and channel where a plain two-vector panel pays 2, a quarter of them on
 // padding. AVX-512 float only (kCi4).
 constexpr bool kCi4 = isa_has_ci4(EFFCONV_VEC_BYTES, EFFCONV_VEC_REGS);
 constexpr int kMrCi4 = 6;    // NQ 4: 24 accumulators, 4 B vectors, the broadcast
