@@ -188,6 +188,17 @@ void prefetch_next_band(const Conv2dShape& s, const T* xp, int64_t np, int64_t b
   if (lo < hi) prefetch_span(xp + (n2 * s.H + lo) * s.W * s.C, (hi - lo) * s.W * s.C * int64_t(sizeof(T)), PrefetchTo::L2);
 }
 
+// Whether an op streams its 4-d channels_last output `out` (strides in
+// elements) past the caches: no read-for-ownership, and the operands still
+// to be read keep their cache lines. When the bytes it writes and reads
+// pass half of L3 (kBeyondCaches) and every pixel starts 64-byte aligned.
+template <typename T>
+bool stream_pixels(const T* out, const int64_t* stride, int64_t bytes) {
+  const int64_t sz = sizeof(T);
+  return bytes > kBeyondCaches && stride[1] == 1 && (stride[3] * sz) % 64 == 0 && (stride[2] * sz) % 64 == 0 &&
+         (stride[0] * sz) % 64 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
+}
+
 // Per-thread batch-statistics accumulators for the conv epilogue: thread t
 // adds into its own [sum | sum of squares] rows, and finish() sums the
 // threads in order into `stats` ([2, K] float64): deterministic for a given

@@ -317,14 +317,10 @@ void gconv_rows(const T* xp, const T* wp, const Conv2dShape& s, int64_t cg, int6
   args.out_ps = ostride[3];
   args.c_cstride = ostride[1];
   args.ep = ep;
-  // Outputs stream past the caches when output and input pass half of L3
-  // (as depthwise's stream_output): a strided grad_input's classes write
-  // every stride-th pixel of a 51 MB dx (ResNeXt 256 s2 56² N16), which
-  // regular stores first read from DRAM.
-  const int64_t sz = sizeof(T);
-  args.stream = ostride[1] == 1 && (ostride[3] * sz) % 64 == 0 && (ostride[2] * sz) % 64 == 0 &&
-                (ostride[0] * sz) % 64 == 0 && reinterpret_cast<uintptr_t>(op) % 64 == 0 &&
-                (s.N * s.P * s.Q * s.K + s.N * s.H * s.W * s.C) * sz > kBeyondCaches;
+  // Outputs stream past the caches when output and input pass half of L3:
+  // a strided grad_input's classes write every stride-th pixel of a 51 MB
+  // dx (ResNeXt 256 s2 56² N16), which regular stores first read from DRAM.
+  args.stream = stream_pixels(op, ostride, (s.N * s.P * s.Q * s.K + s.N * s.H * s.W * s.C) * int64_t(sizeof(T)));
   int64_t vsplit, unused;
   split_columns(s.N * s.P, nvb, 1, vsplit, unused);
   // From DRAM the row kernel's walk (one channel vector of every pixel) ran
@@ -1054,8 +1050,8 @@ void grad_input_typed(const at::Tensor& dy, const at::Tensor& w, const Conv2dSha
           continue;
         }
         for (int64_t t = 0; t < RS; ++t) {
-          T* row = dst + (t * Kg + k) * nr - p * nr;  // b_offset(t * Kg + k, c - p * nr, nr, false) = row + c
-          for (int64_t c = lo; c < hi; ++c) row[c] = src[(c - c0) * RS + t];
+          T* row = dst + (t * Kg + k) * nr;  // b_offset(t * Kg + k, n, nr, false) = row + n
+          for (int64_t c = lo; c < hi; ++c) row[c - p * nr] = src[(c - c0) * RS + t];
         }
       }
     }

@@ -151,19 +151,15 @@ void forward_rows(const IsaKernels& isa, const Conv2dShape& s, const T* xp, T* o
   }
 }
 
-// Outputs are streamed past the caches (no read-for-ownership, and the
-// operands still to be read keep their cache lines) when the output and the
-// `read_bytes` the op reads exceed half of L3 (16 MiB), and every pixel of
-// out is 64-byte aligned. The forward counts its output twice (its input
-// at stride 1; counting strided inputs measured neutral); the backward
-// counts grad_output and the input (C960 7² N32 and C576 14² N16
-// forward+backward 0.83-0.95x the time with grad_input streamed).
+// stream_pixels for an output tensor and the `read_bytes` the op reads. The
+// forward counts its output twice (its input at stride 1; counting strided
+// inputs measured neutral); the backward counts grad_output and the input
+// (C960 7² N32 and C576 14² N16 forward+backward 0.83-0.95x the time with
+// grad_input streamed).
 template <typename T>
 bool stream_output(const at::Tensor& out, int64_t read_bytes) {
-  const int64_t sz = sizeof(T);
-  return out.numel() * sz + read_bytes > kBeyondCaches && (out.stride(3) * sz) % 64 == 0 &&
-         (out.stride(2) * sz) % 64 == 0 && (out.stride(0) * sz) % 64 == 0 &&
-         reinterpret_cast<uintptr_t>(out.data_ptr<T>()) % 64 == 0;
+  const int64_t stride[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  return stream_pixels(out.data_ptr<T>(), stride, out.numel() * int64_t(sizeof(T)) + read_bytes);
 }
 
 template <typename T>
